@@ -1,0 +1,1 @@
+"""invoiceflow: accounts-payable automation on Airflow."""

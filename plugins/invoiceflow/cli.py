@@ -1,0 +1,92 @@
+"""``invoiceflow`` command line: the offline servers, warehouse migrations and the demo.
+
+Heavy imports (Airflow, FastAPI) happen inside the commands, so ``invoiceflow --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from invoiceflow import config
+
+
+def _leapocr_server(args: argparse.Namespace) -> int:
+    from invoiceflow.leapocr.server import serve
+
+    api_key = args.api_key or os.environ.get("LEAPOCR_API_KEY")
+    if not api_key:
+        print(
+            "error: give --api-key or set LEAPOCR_API_KEY (requests must carry it as X-API-KEY)",
+            file=sys.stderr,
+        )
+        return 2
+    serve(args.host, args.port, api_key, workers=args.workers, latency_per_page=args.latency)
+    return 0
+
+
+def _erp_sandbox(args: argparse.Namespace) -> int:
+    from invoiceflow.erp.sandbox import run_from_args
+
+    args.db = args.db or config.state_dir() / "erp_sandbox.db"
+    run_from_args(args)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from invoiceflow import warehouse
+
+    url = args.url or config.embedded_warehouse_url()
+    applied = warehouse.upgrade(warehouse.engine_for(url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from invoiceflow.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invoiceflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ocr = sub.add_parser("leapocr-server", help="serve the LeapOCR API offline (the SDK works against it)")
+    ocr.add_argument("--host", default="127.0.0.1")
+    ocr.add_argument("--port", type=int, default=8484)
+    ocr.add_argument("--api-key", help="the only X-API-KEY served (default: $LEAPOCR_API_KEY)")
+    ocr.add_argument("--workers", type=int, default=2, help="jobs processed at once")
+    ocr.add_argument("--latency", type=float, default=0.0, help="extra seconds of processing per page")
+    ocr.set_defaults(func=_leapocr_server)
+
+    from invoiceflow.erp.sandbox import add_arguments
+
+    erp = sub.add_parser("erp-sandbox", help="run the ERP sandbox that stores bills in a SQLite ledger")
+    add_arguments(erp)
+    erp.set_defaults(func=_erp_sandbox, db=None)
+
+    db = sub.add_parser("db", help="warehouse schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="apply pending migrations from sql/migrations (safe to re-run)"
+    )
+    upgrade.add_argument("--url", help="SQLAlchemy URL (default: the embedded SQLite warehouse)")
+    upgrade.set_defaults(func=_db_upgrade)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on the samples, fully offline")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
