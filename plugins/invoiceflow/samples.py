@@ -196,8 +196,17 @@ class _Doc(FPDF):
         self.set_creation_date(_FIXED_CREATION)
         self.set_margins(15, 15, 15)
 
-    def text_at(self, x: float, y: float, w: float, text: str, *, size: float = 10, bold: bool = False,
-                align: str = "L") -> None:  # fmt: skip
+    def text_at(
+        self,
+        x: float,
+        y: float,
+        w: float,
+        text: str,
+        *,
+        size: float = 10,
+        bold: bool = False,
+        align: str = "L",
+    ) -> None:
         self.set_font("helvetica", "B" if bold else "", size)
         self.set_xy(x, y)
         self.cell(w, size * 0.45, text, align=align)
@@ -210,8 +219,15 @@ def _tax_label(inv: _Invoice, short: bool = False) -> str:
     return f"{label} {rate}%"
 
 
-def _draw_table(pdf: _Doc, inv: _Invoice, y: float, cols: list[tuple[str, float, float, str]],
-                size: float, row_h: float, bottom: float) -> float:  # fmt: skip
+def _draw_table(
+    pdf: _Doc,
+    inv: _Invoice,
+    y: float,
+    cols: list[tuple[str, float, float, str]],
+    size: float,
+    row_h: float,
+    bottom: float,
+) -> float:
     """Draw header + rows; start a new page with a repeated header when the page is full."""
 
     def header(y0: float) -> float:
@@ -245,8 +261,9 @@ def _table_keys(layout: str) -> list[str]:
     return ["desc", "qty", "price", "amount"]
 
 
-def _totals(pdf: _Doc, inv: _Invoice, y: float, labels: list[str], size: float, x_label: float,
-            with_symbol: bool) -> float:  # fmt: skip
+def _totals(
+    pdf: _Doc, inv: _Invoice, y: float, labels: list[str], size: float, x_label: float, with_symbol: bool
+) -> float:
     values = [inv.subtotal, inv.tax, inv.total]
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         text = _money(value, inv.lang)
@@ -268,8 +285,11 @@ def _render_classic(pdf: _Doc, inv: _Invoice) -> None:
     pdf.text_at(15, 23, 100, inv.vendor[1], size=9)
     pdf.text_at(15, 28, 100, inv.vendor[2], size=9)
     pdf.text_at(130, 15, 65, t["title"], size=18, bold=True, align="R")
-    meta = [(t["number"] + ":", inv.number), (t["date"] + ":", _date(inv.issued, inv.lang, "classic")),
-            (t["due"] + ":", _date(inv.due, inv.lang, "classic"))]  # fmt: skip
+    meta = [
+        (t["number"] + ":", inv.number),
+        (t["date"] + ":", _date(inv.issued, inv.lang, "classic")),
+        (t["due"] + ":", _date(inv.due, inv.lang, "classic")),
+    ]
     if inv.po:
         meta.append((t["po"] + ":", inv.po))
     y = 40
@@ -280,8 +300,12 @@ def _render_classic(pdf: _Doc, inv: _Invoice) -> None:
     pdf.text_at(15, 40, 80, t["bill_to"], size=9, bold=True)
     for i, line in enumerate(inv.customer):
         pdf.text_at(15, 45.5 + 5 * i, 80, line, size=9)
-    cols = [(t["desc"], 15, 95, "L"), (t["qty"], 110, 20, "R"), (t["price"], 130, 30, "R"),
-            (t["amount"], 160, 35, "R")]  # fmt: skip
+    cols = [
+        (t["desc"], 15, 95, "L"),
+        (t["qty"], 110, 20, "R"),
+        (t["price"], 130, 30, "R"),
+        (t["amount"], 160, 35, "R"),
+    ]
     y = _draw_table(pdf, inv, 75, cols, 9.5, 6.5, 262)
     if y + 30 > 275:
         pdf.add_page()
@@ -307,8 +331,12 @@ def _render_modern(pdf: _Doc, inv: _Invoice) -> None:
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         pdf.text_at(15 + 45 * i, 60, 43, label, size=8, bold=True)
         pdf.text_at(15 + 45 * i, 65, 43, value, size=10)
-    cols = [(t["desc"], 15, 100, "L"), (t["qty"], 115, 20, "R"), (t["price"], 135, 28, "R"),
-            (t["amount"], 163, 32, "R")]  # fmt: skip
+    cols = [
+        (t["desc"], 15, 100, "L"),
+        (t["qty"], 115, 20, "R"),
+        (t["price"], 135, 28, "R"),
+        (t["amount"], 163, 32, "R"),
+    ]
     y = _draw_table(pdf, inv, 80, cols, 9.5, 7, 262)
     if y + 30 > 275:
         pdf.add_page()
@@ -324,8 +352,11 @@ def _render_compact(pdf: _Doc, inv: _Invoice) -> None:
     pdf.text_at(15, 12, 90, inv.vendor[0], size=11, bold=True)
     pdf.text_at(110, 12, 85, f"{inv.vendor[1]}, {inv.vendor[2]}", size=7, align="R")
     pdf.text_at(15, 20, 60, t["title"], size=12, bold=True)
-    pairs = [f"{t['number']} {inv.number}", f"{t['date_short']} {_date(inv.issued, inv.lang, 'compact')}",
-             f"{t['due']} {_date(inv.due, inv.lang, 'compact')}"]  # fmt: skip
+    pairs = [
+        f"{t['number']} {inv.number}",
+        f"{t['date_short']} {_date(inv.issued, inv.lang, 'compact')}",
+        f"{t['due']} {_date(inv.due, inv.lang, 'compact')}",
+    ]
     if inv.po:
         pairs.append(f"{t['po_short']} {inv.po}")
     x = 15.0
@@ -334,8 +365,14 @@ def _render_compact(pdf: _Doc, inv: _Invoice) -> None:
         pdf.set_font("helvetica", "", 8)
         x += pdf.get_string_width(text) + 10
     pdf.text_at(15, 34, 180, f"{t['bill_to']} {', '.join(inv.customer)}", size=7)
-    cols = [("#", 15, 8, "R"), (t["item"], 26, 84, "L"), (t["qty"], 110, 16, "R"), (t["unit"], 128, 14, "L"),
-            (t["price_short"], 142, 25, "R"), (t["total_col"], 167, 28, "R")]  # fmt: skip
+    cols = [
+        ("#", 15, 8, "R"),
+        (t["item"], 26, 84, "L"),
+        (t["qty"], 110, 16, "R"),
+        (t["unit"], 128, 14, "L"),
+        (t["price_short"], 142, 25, "R"),
+        (t["total_col"], 167, 28, "R"),
+    ]
     y = _draw_table(pdf, inv, 42, cols, 8, 4.8, 270)
     if y + 20 > 280:
         pdf.add_page()

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def _blank_pages(count: int, schema: dict[str, Any] | None) -> list[PageExtraction]:
-    return [PageExtraction(page_number=i + 1, result=empty_result(schema), confidence=0.0) for i in range(count)]
+    return [
+        PageExtraction(page_number=i + 1, result=empty_result(schema), confidence=0.0) for i in range(count)
+    ]
 
 
 def _image_page_count(data: bytes) -> int:

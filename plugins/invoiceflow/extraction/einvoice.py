@@ -118,7 +118,8 @@ def parse_cii(root: etree._Element) -> tuple[dict[str, Any], list[dict[str, Any]
     agreement = _first(tx, "ApplicableHeaderTradeAgreement|ApplicableSupplyChainTradeAgreement")
     settlement = _first(tx, "ApplicableHeaderTradeSettlement|ApplicableSupplyChainTradeSettlement")
     summation = _first(
-        settlement, "SpecifiedTradeSettlementHeaderMonetarySummation|SpecifiedTradeSettlementMonetarySummation"
+        settlement,
+        "SpecifiedTradeSettlementHeaderMonetarySummation|SpecifiedTradeSettlementMonetarySummation",
     )
     currency = _text(settlement, "InvoiceCurrencyCode")
     due = None
@@ -147,7 +148,9 @@ def parse_cii(root: etree._Element) -> tuple[dict[str, Any], list[dict[str, Any]
         line_agreement = _first(line, "SpecifiedLineTradeAgreement|SpecifiedSupplyChainTradeAgreement")
         if values["purchase_order_number"] is None:
             # EXTENDED profile may carry the order reference only per line
-            values["purchase_order_number"] = _text(line_agreement, "BuyerOrderReferencedDocument/IssuerAssignedID")
+            values["purchase_order_number"] = _text(
+                line_agreement, "BuyerOrderReferencedDocument/IssuerAssignedID"
+            )
         delivery = _first(line, "SpecifiedLineTradeDelivery|SpecifiedSupplyChainTradeDelivery")
         line_settlement = _first(line, "SpecifiedLineTradeSettlement|SpecifiedSupplyChainTradeSettlement")
         items.append(

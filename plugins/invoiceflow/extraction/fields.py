@@ -36,7 +36,7 @@ LABELS: dict[str | None, list[str]] = {
         "gesamtbetrag netto", "warenwert netto", "rechnungssumme ohne ust", "total ht", "montant ht",
     ],
     "tax_amount": [
-        "tax", "vat", "sales tax", "total tax", "tax amount", "vat amount", "tax total", "mwst", "mwst.",
+        "tax", "vat", "sales tax", "total tax", "total taxes", "total vat", "tax amount", "vat amount", "tax total", "mwst", "mwst.",
         "ust", "ust.", "umsatzsteuer", "mehrwertsteuer", "steuerbetrag", "zzgl. mwst", "zzgl. ust",
         "plus vat", "tva", "btw", "montant tva",
     ],
@@ -66,9 +66,22 @@ LABELS: dict[str | None, list[str]] = {
 
 # Totals with these labels beat a bare "Total" (which is sometimes a column or a running sum).
 STRONG_TOTAL = {
-    "total due", "amount due", "grand total", "total amount", "invoice total", "balance due", "total payable",
-    "amount payable", "gesamtbetrag", "bruttobetrag", "rechnungsbetrag", "endbetrag", "zahlbetrag",
-    "gesamtbetrag brutto", "total ttc", "te betalen",
+    "total due",
+    "amount due",
+    "grand total",
+    "total amount",
+    "invoice total",
+    "balance due",
+    "total payable",
+    "amount payable",
+    "gesamtbetrag",
+    "bruttobetrag",
+    "rechnungsbetrag",
+    "endbetrag",
+    "zahlbetrag",
+    "gesamtbetrag brutto",
+    "total ttc",
+    "te betalen",
 }
 MONEY_FIELDS = ("subtotal", "tax_amount", "total_amount")
 ID_FIELDS = ("invoice_number", "purchase_order_number")
@@ -146,6 +159,8 @@ def _id_value(text: str, *, reject_dates: bool) -> str | None:
 def _money_value(text: str) -> float | None:
     if not _MONEY_RE.search(text or ""):
         return None
+    if sum(any(ch.isalpha() for ch in word) for word in text.split()) > 3:
+        return None  # a sentence ("... capital de 120 000,00 €"), not a label's value
     amounts = find_amounts(text)
     return amounts[-1] if amounts else None
 

@@ -98,7 +98,9 @@ def _check_image(data: bytes, kind: str) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
-        with Image.open(io.BytesIO(data)) as img:  # verify() does not decode pixels; load() catches truncation
+        with Image.open(
+            io.BytesIO(data)
+        ) as img:  # verify() does not decode pixels; load() catches truncation
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnsupportedDocument(f"corrupt {kind.upper()} image: Pillow cannot read it ({exc})") from exc
@@ -129,7 +131,9 @@ def detect_type(data: bytes, filename: str) -> str:
         raise UnsupportedDocument("unsupported file type: WebP image (supported: PDF, PNG, JPEG, TIFF, XML)")
     for magic, label in _OTHER_MAGICS:
         if head.startswith(magic):
-            raise UnsupportedDocument(f"unsupported file type: {label} (supported: PDF, PNG, JPEG, TIFF, XML)")
+            raise UnsupportedDocument(
+                f"unsupported file type: {label} (supported: PDF, PNG, JPEG, TIFF, XML)"
+            )
 
     ext = _ext(filename)
     stripped = _strip_xml_prefix(data)
@@ -141,14 +145,20 @@ def detect_type(data: bytes, filename: str) -> str:
             )
         return "xml"
     if stripped.startswith(b"<"):
-        raise UnsupportedDocument("unsupported file type: HTML/markup text (supported: PDF, PNG, JPEG, TIFF, XML)")
+        raise UnsupportedDocument(
+            "unsupported file type: HTML/markup text (supported: PDF, PNG, JPEG, TIFF, XML)"
+        )
 
     if _looks_like_text(head):
         if ext in {"pdf", "png", "jpg", "jpeg", "tif", "tiff", "xml"}:
-            raise UnsupportedDocument(f"file is named .{ext} but contains plain text, not a {ext.upper()} file")
+            raise UnsupportedDocument(
+                f"file is named .{ext} but contains plain text, not a {ext.upper()} file"
+            )
         raise UnsupportedDocument("unsupported file type: plain text (supported: PDF, PNG, JPEG, TIFF, XML)")
     if ext == "pdf":
         raise UnsupportedDocument("file is named .pdf but has no PDF header (%PDF-); it is not a PDF")
     if ext in {"png", "jpg", "jpeg", "tif", "tiff"}:
-        raise UnsupportedDocument(f"file is named .{ext} but is not a valid {ext.upper()} image (unknown bytes)")
+        raise UnsupportedDocument(
+            f"file is named .{ext} but is not a valid {ext.upper()} image (unknown bytes)"
+        )
     raise UnsupportedDocument("unknown file type: content matches none of PDF, PNG, JPEG, TIFF or XML")

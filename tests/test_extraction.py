@@ -1,0 +1,207 @@
+"""Extraction engine: type sniffing, exact e-invoice reading, text-layer fallback, images without OCR."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from invoiceflow.extraction import ExtractionResult, UnsupportedDocument, detect_type, extract_pages
+from invoiceflow.extraction.values import parse_amount, parse_date
+
+CORPUS = Path(os.environ.get("INVOICEFLOW_EINVOICE_CORPUS", "/work/shared/corpus/einvoice-dev"))
+SCORED = [
+    "invoice_number", "vendor_name", "invoice_date", "due_date", "currency", "subtotal", "tax_amount",
+    "total_amount", "purchase_order_number",
+]  # fmt: skip
+
+
+def _corpus_pdfs() -> list[Path]:
+    pdfs = sorted(CORPUS.glob("*.pdf"))
+    if not pdfs:
+        # Deliberately a failure, not a skip: a missing corpus must not look like a green run.
+        raise AssertionError(f"e-invoice corpus missing or empty: {CORPUS} (set INVOICEFLOW_EINVOICE_CORPUS)")
+    return pdfs
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(b, float) or isinstance(a, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) < 0.005  # type: ignore[arg-type]
+    return a == b
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_corpus_is_present() -> None:
+    assert len(_corpus_pdfs()) >= 10
+
+
+@pytest.mark.parametrize("pdf", _corpus_pdfs() if CORPUS.is_dir() else [CORPUS / "MISSING.pdf"], ids=str)
+def test_cii_einvoice_matches_ground_truth(pdf: Path) -> None:
+    truth = json.loads(pdf.with_suffix(".json").read_text(encoding="utf-8"))
+    result = extract_pages(pdf.read_bytes(), pdf.name)
+    assert result.source == "einvoice-cii"
+    assert len(result.pages) == truth["_pages"]
+    assert all(not p.result["line_items"] and p.result["invoice_number"] is None for p in result.pages[1:])
+    merged = result.merged()
+    unscored = set(truth["_unscored"])
+    for field in SCORED:
+        if field not in unscored:
+            assert _same(merged[field], truth[field]), (
+                f"{pdf.name}: {field} {merged[field]!r} != {truth[field]!r}"
+            )
+    if "line_items" not in unscored:
+        got, want = merged["line_items"], truth["line_items"]
+        assert len(got) == len(want), pdf.name
+        for g, w in zip(got, want, strict=True):
+            for key in ("description", "quantity", "unit_price", "line_total"):
+                assert _same(g[key], w[key]), f"{pdf.name}: line {w} key {key}: {g[key]!r}"
+
+
+def test_einvoice_disabled_reads_the_text_layer() -> None:
+    pdf = CORPUS / "zugferd-2p0-en16931-elektron.pdf"
+    assert pdf.is_file(), f"corpus file missing: {pdf}"
+    result = extract_pages(pdf.read_bytes(), pdf.name, use_einvoice=False)
+    assert result.source == "text-layer"
+    assert len(result.pages) == 2
+    assert 0.0 < result.pages[0].confidence < 1.0
+    assert result.merged()["total_amount"] == 300.0
+
+
+def test_standalone_cii_and_ubl_xml() -> None:
+    from facturx import get_xml_from_pdf
+
+    _name, xml = get_xml_from_pdf((CORPUS / "avoir-fr-type381-basic.pdf").read_bytes(), check_xsd=False)
+    assert detect_type(xml, "invoice.xml") == "xml"
+    cii = extract_pages(xml, "invoice.xml")
+    assert cii.source == "einvoice-cii" and len(cii.pages) == 1
+    assert cii.pages[0].result["total_amount"] == 233.47
+
+    ubl = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Invoice xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
+ xmlns:cac="urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+ xmlns:cbc="urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2">
+ <cbc:ID>UBL-7</cbc:ID><cbc:IssueDate>2024-03-05</cbc:IssueDate><cbc:DueDate>2024-04-04</cbc:DueDate>
+ <cbc:DocumentCurrencyCode>EUR</cbc:DocumentCurrencyCode>
+ <cac:OrderReference><cbc:ID>PO-1</cbc:ID></cac:OrderReference>
+ <cac:AccountingSupplierParty><cac:Party><cac:PartyLegalEntity>
+  <cbc:RegistrationName>Seller AG</cbc:RegistrationName></cac:PartyLegalEntity></cac:Party>
+ </cac:AccountingSupplierParty>
+ <cac:TaxTotal><cbc:TaxAmount currencyID="EUR">19.00</cbc:TaxAmount></cac:TaxTotal>
+ <cac:LegalMonetaryTotal><cbc:TaxExclusiveAmount currencyID="EUR">100.00</cbc:TaxExclusiveAmount>
+  <cbc:TaxInclusiveAmount currencyID="EUR">119.00</cbc:TaxInclusiveAmount></cac:LegalMonetaryTotal>
+ <cac:InvoiceLine><cbc:InvoicedQuantity unitCode="C62">4</cbc:InvoicedQuantity>
+  <cbc:LineExtensionAmount currencyID="EUR">100.00</cbc:LineExtensionAmount>
+  <cac:Item><cbc:Name>Widget</cbc:Name></cac:Item><cac:Price><cbc:PriceAmount currencyID="EUR">25.00</cbc:PriceAmount></cac:Price>
+ </cac:InvoiceLine>
+</Invoice>"""
+    result = extract_pages(ubl, "ubl.xml")
+    assert result.source == "einvoice-ubl"
+    page = result.pages[0].result
+    assert page == {
+        "invoice_number": "UBL-7", "vendor_name": "Seller AG", "invoice_date": "2024-03-05",
+        "due_date": "2024-04-04", "currency": "EUR", "subtotal": 100.0, "tax_amount": 19.0,
+        "total_amount": 119.0, "purchase_order_number": "PO-1",
+        "line_items": [{"description": "Widget", "quantity": 4.0, "unit_price": 25.0, "line_total": 100.0}],
+    }  # fmt: skip
+
+
+def test_schema_drives_the_fields() -> None:
+    schema = {"properties": {"invoice_number": {"type": "string"}, "iban": {"type": "string"}}}
+    pdf = CORPUS / "avoir-fr-type381-basic.pdf"
+    result = extract_pages(pdf.read_bytes(), pdf.name, schema)
+    assert result.pages[0].result == {"invoice_number": "AV-2017-0005", "iban": None}
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "reason"),
+    [
+        (b"", "empty.pdf", "empty file"),
+        (bytes(range(256)) * 4, "blob.bin", "unknown file type"),
+        (b"Hello, this is a plain text note.\nNot an invoice.\n", "note.pdf", "contains plain text"),
+        (b"<?xml version='1.0'?><order><id>1</id></order>", "order.xml", "not a CII or UBL invoice"),
+        (b"<?xml version='1.0'?><broken>", "broken.xml", "not well-formed"),
+        (b"PK\x03\x04" + b"\x00" * 40, "invoice.docx", "ZIP archive"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "scan.png", "corrupt PNG"),
+    ],
+)
+def test_detect_type_refuses_with_specific_reason(data: bytes, filename: str, reason: str) -> None:
+    with pytest.raises(UnsupportedDocument) as info:
+        detect_type(data, filename)
+    assert reason in info.value.reason
+
+
+def test_truncated_pdf_is_corrupt() -> None:
+    data = (CORPUS / "avoir-fr-type381-basic.pdf").read_bytes()
+    with pytest.raises(UnsupportedDocument, match="corrupt PDF"):
+        detect_type(data[: len(data) // 2], "cut.pdf")
+    with pytest.raises(UnsupportedDocument, match="corrupt PDF"):
+        extract_pages(data[:300], "cut.pdf")
+
+
+def test_detect_type_by_magic_not_name() -> None:
+    png = _png_bytes()
+    assert detect_type(png, "scan.png") == "png"
+    assert detect_type(png, "actually-a-png.pdf") == "png"
+    pdf = (CORPUS / "avoir-fr-type381-basic.pdf").read_bytes()
+    assert detect_type(pdf, "no-extension") == "pdf"
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    assert detect_type(jpeg.getvalue(), "x.jpg") == "jpeg"
+
+
+def test_images_return_empty_pages_until_ocr() -> None:
+    buf = io.BytesIO()
+    frames = [Image.new("L", (16, 16), v) for v in (0, 128, 255)]
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    result = extract_pages(buf.getvalue(), "scan.tiff")
+    assert result.source == "none"
+    assert [p.page_number for p in result.pages] == [1, 2, 3]
+    assert all(p.confidence == 0.0 for p in result.pages)
+    assert all(v in (None, []) for p in result.pages for v in p.result.values())
+    png = extract_pages(_png_bytes(), "one.png")
+    assert isinstance(png, ExtractionResult) and len(png.pages) == 1
+
+
+def test_image_only_pdf_gives_none_source() -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.rect(20, 20, 50, 30, style="F")
+    pdf.add_page()
+    result = extract_pages(bytes(pdf.output()), "scan.pdf")
+    assert result.source == "none"
+    assert len(result.pages) == 2
+    assert result.pages[0].result["total_amount"] is None and result.pages[0].confidence == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1,234.56", 1234.56), ("1.234,56 €", 1234.56), ("$99.00", 99.0), ("EUR -7,67", -7.67), ("12", 12.0)],
+)
+def test_parse_amount(text: str, value: float) -> None:
+    assert parse_amount(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        ("2024-03-05", "2024-03-05"),
+        ("05.03.2024", "2024-03-05"),
+        ("03/05/2024", "2024-03-05"),
+        ("March 5, 2024", "2024-03-05"),
+        ("31/12/2024", "2024-12-31"),
+        ("no date", None),
+    ],
+)
+def test_parse_date(text: str, iso: str | None) -> None:
+    assert parse_date(text) == iso
