@@ -1,0 +1,120 @@
+"""The outbox relay against the real ERP sandbox: posts once, reads back lost answers, never double-posts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from invoiceflow import warehouse
+from invoiceflow.erp import relay
+from invoiceflow.erp.client import SandboxErpClient
+from invoiceflow.erp.sandbox import running_sandbox
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    engine = warehouse.engine_for(f"sqlite:///{tmp_path / 'wh.db'}")
+    warehouse.upgrade(engine)
+    invoices = []
+    for n in range(1, 8):
+        sha = f"{n:064d}"
+        warehouse.register_files(
+            engine, [warehouse.SeenFile(f"file:///inbox/{n}.pdf", f"{n}.pdf", 10, None, sha, "pdf")]
+        )
+        header = {
+            "invoice_number": f"INV-{n}",
+            "vendor_name": "ACME",
+            "total_amount": 10.0 * n,
+            "currency": "EUR",
+        }
+        invoices.append(
+            warehouse.ValidatedInvoice(sha, header, [{"description": "x", "line_total": 10.0 * n}])
+        )
+    warehouse.load_batch(engine, "batch", invoices)
+    return engine
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[tuple[SandboxErpClient, Path]]:
+    ledger = tmp_path / "erp.db"
+    with running_sandbox(ledger) as base_url, SandboxErpClient(base_url, max_retries=0) as client:
+        yield client, ledger
+
+
+def ledger_references(ledger: Path) -> list[str]:
+    with sqlite3.connect(ledger) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT reference FROM bills"))
+
+
+def statuses(engine: Any) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT idempotency_key, status FROM erp_outbox").fetchall())
+
+
+def test_batches_respect_the_erp_limit(engine: Any) -> None:
+    assert [len(b) for b in relay.plan_batches(engine, 3)] == [3, 3, 1]
+
+
+def test_relay_posts_every_row_once_and_a_rerun_sends_nothing(engine: Any, sandbox: Any) -> None:
+    client, ledger = sandbox
+    for batch in relay.plan_batches(engine, 3):
+        relay.relay_batch(engine, client, batch)
+    assert set(statuses(engine).values()) == {"posted"}
+    assert ledger_references(ledger) == sorted(statuses(engine))
+    assert relay.plan_batches(engine, 3) == []
+    with mock.patch.object(client, "post_bills", side_effect=AssertionError("nothing may be sent")):
+        for batch in relay.plan_batches(engine, 3):
+            relay.relay_batch(engine, client, batch)
+
+
+def test_lost_answer_is_read_back_instead_of_resent(engine: Any, sandbox: Any) -> None:
+    """The ERP stored the bills but the answer was lost (the task died mid-request): the next run links them."""
+    client, ledger = sandbox
+    (batch,) = relay.plan_batches(engine, 50)
+    real_post = client.post_bills
+
+    def post_then_crash(bills: list[dict], batch_key: str) -> Any:
+        real_post(bills, batch_key)
+        raise KeyboardInterrupt("worker killed after the ERP committed")
+
+    with (
+        mock.patch.object(client, "post_bills", side_effect=post_then_crash),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        relay.relay_batch(engine, client, batch)
+    assert set(statuses(engine).values()) == {"unknown"}
+
+    with mock.patch.object(client, "post_bills", side_effect=AssertionError("must read back, not resend")):
+        (retry,) = relay.plan_batches(engine, 50)
+        assert relay.relay_batch(engine, client, retry) == {"posted": 7}
+    assert set(statuses(engine).values()) == {"posted"}
+    assert ledger_references(ledger) == sorted(statuses(engine))
+
+
+def test_crash_before_the_request_resends_exactly_once(engine: Any, sandbox: Any) -> None:
+    client, ledger = sandbox
+    (batch,) = relay.plan_batches(engine, 50)
+    killed = KeyboardInterrupt("killed before sending")
+    with mock.patch.object(client, "post_bills", side_effect=killed), pytest.raises(KeyboardInterrupt):
+        relay.relay_batch(engine, client, batch)
+    assert ledger_references(ledger) == []
+    (retry,) = relay.plan_batches(engine, 50)
+    assert relay.relay_batch(engine, client, retry) == {"posted": 7}
+    assert ledger_references(ledger) == sorted(statuses(engine))
+
+
+def test_duplicate_in_the_erp_is_linked_not_posted_again(engine: Any, sandbox: Any) -> None:
+    client, ledger = sandbox
+    keys = relay.plan_batches(engine, 50)[0]
+    row = warehouse.outbox_rows(engine, keys[:1])[0]
+
+    client.post_bills([{**json.loads(row["payload"]), "reference": "entered-by-hand"}], batch_key="manual")
+    counts = relay.relay_batch(engine, client, keys)
+    assert counts == {"duplicate": 1, "posted": 6}
+    assert len(ledger_references(ledger)) == 7

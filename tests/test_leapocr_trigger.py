@@ -1,0 +1,214 @@
+"""The batch trigger: serialisation round trip, exactly one event per outcome, async-only connection lookup."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+from unittest import mock
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+from leapocr import APIError, JobStatus, JobStatusType
+
+from invoiceflow.leapocr.triggers import LeapOcrJobsTrigger, validate_trigger_event
+
+CLASSPATH = "invoiceflow.leapocr.triggers.LeapOcrJobsTrigger"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def status(
+    job_id: str, state: str, *, error: str | None = None, pages: tuple[int, int] = (1, 2)
+) -> JobStatus:
+    return JobStatus(
+        job_id=job_id,
+        status=JobStatusType(state),
+        processed_pages=pages[0],
+        total_pages=pages[1],
+        progress=0.0,
+        created_at=NOW,
+        updated_at=NOW,
+        error_message=error,
+    )
+
+
+class FakeClient:
+    """Stands in for ``leapocr.LeapOCR``: statuses come from a per-job script."""
+
+    def __init__(self, script: dict[str, list[Any]]) -> None:
+        self.script = {job: list(steps) for job, steps in script.items()}
+        self.ocr = mock.Mock()
+        self.ocr.get_job_status = mock.AsyncMock(side_effect=self._next)
+
+    async def _next(self, job_id: str) -> JobStatus:
+        step = self.script[job_id].pop(0) if len(self.script[job_id]) > 1 else self.script[job_id][0]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    async def __aenter__(self) -> FakeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def make_trigger(jobs: dict[str, str] | None = None, end_time: float | None = None) -> LeapOcrJobsTrigger:
+    return LeapOcrJobsTrigger(
+        jobs=jobs or {"job-1": "sha-1", "job-2": "sha-2"},
+        end_time=time.time() + 3600 if end_time is None else end_time,
+        leapocr_conn_id="leapocr_test",
+        poll_interval=1.0,
+        max_poll_interval=4.0,
+    )
+
+
+async def events_of(
+    trigger: LeapOcrJobsTrigger, client: FakeClient
+) -> tuple[list[TriggerEvent], mock.AsyncMock]:
+    with (
+        mock.patch(
+            "invoiceflow.leapocr.triggers.LeapOcrHook.aget_client", mock.AsyncMock(return_value=client)
+        ),
+        mock.patch("invoiceflow.leapocr.triggers.asyncio.sleep", mock.AsyncMock()) as sleep,
+    ):
+        return [event async for event in trigger.run()], sleep
+
+
+def test_serialize_round_trips_through_the_constructor() -> None:
+    trigger = make_trigger(end_time=1234.5)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == CLASSPATH
+    assert kwargs == {
+        "jobs": {"job-1": "sha-1", "job-2": "sha-2"},
+        "end_time": 1234.5,
+        "leapocr_conn_id": "leapocr_test",
+        "poll_interval": 1.0,
+        "max_poll_interval": 4.0,
+    }
+    assert LeapOcrJobsTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+@pytest.mark.asyncio
+async def test_all_jobs_completed_yields_one_done_event_and_backs_off() -> None:
+    client = FakeClient(
+        {
+            "job-1": [
+                status("job-1", "processing"),
+                status("job-1", "processing"),
+                status("job-1", "completed"),
+            ],
+            "job-2": [status("job-2", "pending"), status("job-2", "completed")],
+        }
+    )
+    events, sleep = await events_of(make_trigger(), client)
+    assert events == [
+        TriggerEvent(
+            {
+                "status": "done",
+                "message": "2 jobs finished, 0 failed",
+                "jobs": {
+                    "job-1": {"status": "completed", "error": None},
+                    "job-2": {"status": "completed", "error": None},
+                },
+            }
+        )
+    ]
+    assert [c.args[0] for c in sleep.await_args_list] == [1.0, 1.5]
+
+
+@pytest.mark.asyncio
+async def test_failed_job_fails_only_its_document_with_the_server_message() -> None:
+    client = FakeClient(
+        {
+            "job-1": [status("job-1", "failed", error="corrupt PDF: cannot open")],
+            "job-2": [status("job-2", "completed")],
+        }
+    )
+    events, _ = await events_of(make_trigger(), client)
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "done"
+    assert payload["jobs"]["job-1"] == {"status": "failed", "error": "corrupt PDF: cannot open"}
+    assert payload["jobs"]["job-2"]["status"] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_deadline_yields_one_timeout_event_for_unfinished_jobs() -> None:
+    client = FakeClient({"job-1": [status("job-1", "completed")], "job-2": [status("job-2", "processing")]})
+    events, sleep = await events_of(make_trigger(end_time=time.time() - 1), client)
+    assert len(events) == 1
+    assert events[0].payload["status"] == "timeout"
+    assert events[0].payload["jobs"] == {
+        "job-1": {"status": "completed", "error": None},
+        "job-2": {"status": "timeout", "error": "job did not finish before the deadline"},
+    }
+    sleep.assert_not_awaited()
+
+
+@pytest.mark.asyncio
+async def test_transient_api_errors_are_polled_again_and_404_fails_the_job() -> None:
+    client = FakeClient(
+        {
+            "job-1": [APIError("busy", status_code=503), status("job-1", "completed")],
+            "job-2": [APIError("job not found", status_code=404)],
+        }
+    )
+    events, _ = await events_of(make_trigger(), client)
+    assert [e.payload["jobs"] for e in events] == [
+        {
+            "job-1": {"status": "completed", "error": None},
+            "job-2": {"status": "failed", "error": "job job-2 not found on the server"},
+        }
+    ]
+
+
+@pytest.mark.asyncio
+async def test_authentication_error_yields_one_error_event() -> None:
+    client = FakeClient(
+        {"job-1": [APIError("invalid API key", status_code=401)], "job-2": [status("job-2", "completed")]}
+    )
+    events, _ = await events_of(make_trigger(), client)
+    assert len(events) == 1
+    assert events[0].payload["status"] == "error"
+    assert "invalid API key" in events[0].payload["message"]
+
+
+@pytest.mark.asyncio
+async def test_connection_is_looked_up_asynchronously_only(
+    leapocr_base_url: str, leapocr_api_key: str, tmp_path: Any
+) -> None:
+    """In the triggerer a sync lookup breaks the event loop: make it explode and prove it is never used."""
+    from airflow.sdk import Connection
+    from fpdf import FPDF
+    from leapocr import ClientConfig, Format, LeapOCR, ProcessOptions
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.cell(text="Invoice No: T-1  Total: 10.00 EUR")
+    path = tmp_path / "t.pdf"
+    pdf.output(str(path))
+    async with LeapOCR(leapocr_api_key, ClientConfig(base_url=leapocr_base_url)) as client:
+        job = await client.ocr.process_file(path, ProcessOptions(format=Format.MARKDOWN))
+    connection = Connection(
+        conn_id="leapocr_test", conn_type="leapocr", host=leapocr_base_url, password=leapocr_api_key
+    )
+    trigger = make_trigger(jobs={job.job_id: "sha"})
+    trigger.poll_interval = 0.05
+    with (
+        mock.patch(
+            "airflow.sdk.BaseHook.get_connection", side_effect=AssertionError("sync lookup in triggerer")
+        ),
+        mock.patch("airflow.sdk.BaseHook.aget_connection", mock.AsyncMock(return_value=connection)) as lookup,
+    ):
+        events = [event async for event in trigger.run()]
+    lookup.assert_awaited_once_with("leapocr_test")
+    assert [e.payload["status"] for e in events] == ["done"]
+    assert events[0].payload["jobs"][job.job_id]["status"] == "completed"
+
+
+@pytest.mark.parametrize("event", [None, {"status": "success", "jobs": {}}, {"status": "done"}])
+def test_operator_refuses_unknown_events(event: Any) -> None:
+    with pytest.raises(ValueError, match="unexpected LeapOCR trigger event"):
+        validate_trigger_event(event)
