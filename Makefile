@@ -14,7 +14,7 @@ install: .venv/.installed
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 .venv/.installed: pyproject.toml uv.lock $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra s3 --python $(PYTHON)
 	touch $@
 
 demo: install

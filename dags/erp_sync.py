@@ -14,12 +14,12 @@ Posts approved invoices to the ERP, exactly once. Scheduled on the `invoiceflow:
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, BaseHook, dag, task
 
 from invoiceflow import config, warehouse
+from invoiceflow.counts import sum_counts
 from invoiceflow.erp import relay
 
 
@@ -45,7 +45,7 @@ def erp_sync() -> None:
 
     @task
     def summarize(results: list[dict[str, int]]) -> dict[str, int]:
-        return dict(sum((Counter(counts) for counts in results), Counter()))
+        return sum_counts(results)
 
     summarize(relay_batch.expand(keys=plan_batches()))
 

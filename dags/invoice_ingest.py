@@ -15,12 +15,12 @@ Picks up supplier invoices that landed in the inbox and loads them into the ware
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from invoiceflow import config, ingest, warehouse
+from invoiceflow.counts import sum_counts
 from invoiceflow.leapocr.operators import LeapOcrExtractBatchOperator
 
 
@@ -62,7 +62,7 @@ def invoice_ingest() -> None:
 
     @task(outlets=[Asset(name="invoices", uri=config.INVOICES_ASSET_URI)])
     def publish_invoices(loads: list[dict[str, int]]) -> dict[str, int]:
-        return dict(sum((Counter(counts) for counts in loads), Counter()))
+        return sum_counts(loads)
 
     batches = plan_batches(register_new_files())
     extracted = LeapOcrExtractBatchOperator.partial(

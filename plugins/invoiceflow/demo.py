@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -118,6 +119,17 @@ def print_report(rows: list[dict[str, object]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+def row_count(db: Path, table: str) -> int:
+    """Rows in a table of one of the demo's SQLite files (0 before the first run)."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] if exists else 0
+
+
 def run_demo() -> int:
     state = config.state_dir()
     env = {**os.environ, **airflow_environment(state)}
@@ -138,6 +150,8 @@ def run_demo() -> int:
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"copied {copy_samples(state / 'inbox')} new sample(s) into {state / 'inbox'}")
+    counted = {"documents": state / "warehouse.db", "bills": state / "erp_sandbox.db"}
+    before = {table: row_count(db, table) for table, db in counted.items()}
 
     with (
         background_service(
@@ -171,6 +185,8 @@ def run_demo() -> int:
     print_report(rows)
     print()
     print("DAG runs: " + ", ".join(f"{dag_id}={state}" for dag_id, state in states.items()))
+    added = {table: row_count(db, table) - before[table] for table, db in counted.items()}
+    print(f"this run: {added['documents']} new document(s), {added['bills']} bill(s) posted")
     unfinished = [r["file_name"] for r in rows if r["document_status"] not in warehouse.TERMINAL_STATES]
     if unfinished:
         print(f"error: documents left unfinished: {unfinished}", file=sys.stderr)

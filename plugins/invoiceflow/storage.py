@@ -23,6 +23,7 @@ def inbox_path(url: str) -> ObjectStoragePath:
 
 def iter_files(root: ObjectStoragePath) -> Iterator[ObjectStoragePath]:
     """Every regular file under ``root``, recursively, skipping hidden files and folders (``.partial`` uploads)."""
+    _forget_listings(root, everything=True)
     if not root.exists():
         raise FileNotFoundError(f"inbox {root} does not exist")
     for path in sorted(root.rglob("*"), key=str):
@@ -34,7 +35,23 @@ def iter_files(root: ObjectStoragePath) -> Iterator[ObjectStoragePath]:
 
 
 def read_bytes(path: str | ObjectStoragePath) -> bytes:
-    return ObjectStoragePath(path).read_bytes() if isinstance(path, str) else path.read_bytes()
+    """Read a file by path or by the ``str(path)`` stored for it (``s3://conn_id@bucket/key`` keeps its connection)."""
+    path = ObjectStoragePath(path) if isinstance(path, str) else path
+    _forget_listings(path)
+    return path.read_bytes()
+
+
+def _forget_listings(path: ObjectStoragePath, everything: bool = False) -> None:
+    """Drop cached listings so a changed inbox is seen as it is now.
+
+    Airflow keeps one filesystem per scheme and connection for the life of the process, and s3fs caches every
+    listing in it, with each object's size and ETag: a key overwritten since (a re-sent invoice) would be read
+    with the old ETag and fail with ``FileExpired``, and new keys could be missed. Local folders cache nothing.
+    """
+    if everything:
+        path.fs.invalidate_cache()
+    else:
+        path.fs.invalidate_cache(path.path)
 
 
 def modified_at(path: ObjectStoragePath) -> str | None:

@@ -129,7 +129,7 @@ def extract_pages(
         xml = embedded_xml(data)
         parsed = parse_einvoice_xml(xml) if xml else None
         if parsed is not None:
-            from .textlayer import pdf_page_count
+            from .pdf import pdf_page_count
 
             return _einvoice_result(parsed, pdf_page_count(data), schema)
     return _text_layer_result(data, schema)

@@ -79,17 +79,17 @@ def xml_root_kind(data: bytes) -> tuple[str, str]:
 def _check_pdf(data: bytes) -> None:
     import pypdfium2 as pdfium
 
+    from invoiceflow.extraction.pdf import open_pdf
+
     try:
-        pdf = pdfium.PdfDocument(data)
+        with open_pdf(data) as pdf:
+            pages = len(pdf)
     except pdfium.PdfiumError as exc:
         if "password" in str(exc).lower():
             raise UnsupportedDocument("PDF is password-protected and cannot be read") from exc
         raise UnsupportedDocument(f"corrupt PDF: pdfium cannot open it ({exc})") from exc
-    try:
-        if len(pdf) == 0:
-            raise UnsupportedDocument("corrupt PDF: it contains no pages")
-    finally:
-        pdf.close()
+    if pages == 0:
+        raise UnsupportedDocument("corrupt PDF: it contains no pages")
 
 
 def _check_image(data: bytes, kind: str) -> None:

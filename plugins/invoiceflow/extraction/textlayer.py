@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from invoiceflow.extraction.pdf import open_pdf
+
 log = logging.getLogger(__name__)
 
 MIN_WORDS_FOR_TEXT = 3  # fewer words than this on a page means "image-only" (OCR territory)
@@ -162,9 +164,8 @@ def read_pdf_text(data: bytes) -> list[PageText]:
     """Every page of the PDF as lines of positioned words; a page that fails to parse comes back empty."""
     import pypdfium2 as pdfium
 
-    pdf = pdfium.PdfDocument(data)
     pages: list[PageText] = []
-    try:
+    with open_pdf(data) as pdf:
         for index in range(len(pdf)):
             try:
                 page = pdf[index]
@@ -180,16 +181,4 @@ def read_pdf_text(data: bytes) -> list[PageText]:
                 pages.append(PageText(index + 1, page.get_width(), page.get_height(), []))
             finally:
                 page.close()
-    finally:
-        pdf.close()
     return pages
-
-
-def pdf_page_count(data: bytes) -> int:
-    import pypdfium2 as pdfium
-
-    pdf = pdfium.PdfDocument(data)
-    try:
-        return len(pdf)
-    finally:
-        pdf.close()

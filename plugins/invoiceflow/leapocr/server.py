@@ -42,6 +42,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from invoiceflow.extraction.pdf import open_pdf, pdf_page_count
+
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
@@ -368,13 +370,7 @@ def count_pages(data: bytes, content_type: str) -> int:
     """Best-effort page count for progress reporting; 0 when unknown (the extractor has the final word)."""
     try:
         if content_type == "application/pdf":
-            import pypdfium2 as pdfium
-
-            pdf = pdfium.PdfDocument(data)
-            try:
-                return len(pdf)
-            finally:
-                pdf.close()
+            return pdf_page_count(data)
         if content_type == "image/tiff":
             from io import BytesIO
 
@@ -392,20 +388,17 @@ def pdf_page_texts(data: bytes) -> list[str]:
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(data)
+        with open_pdf(data) as pdf:
+            texts = []
+            for index in range(len(pdf)):
+                page = pdf[index]
+                textpage = page.get_textpage()
+                texts.append(textpage.get_text_bounded().replace("\r\n", "\n").strip())
+                textpage.close()
+                page.close()
+            return texts
     except pdfium.PdfiumError as exc:
         raise JobFailure(f"could not open PDF: {exc}") from exc
-    try:
-        texts = []
-        for index in range(len(pdf)):
-            page = pdf[index]
-            textpage = page.get_textpage()
-            texts.append(textpage.get_text_bounded().replace("\r\n", "\n").strip())
-            textpage.close()
-            page.close()
-        return texts
-    finally:
-        pdf.close()
 
 
 def fields_to_markdown(fields: dict[str, Any]) -> str:
