@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from collections.abc import Sequence
 
 from invoiceflow import config
 
 
 def _leapocr_server(args: argparse.Namespace) -> int:
-    from invoiceflow.leapocr.server import serve
+    from invoiceflow.leapocr.server import run_from_args
 
-    api_key = args.api_key or os.environ.get("LEAPOCR_API_KEY")
-    if not api_key:
-        print(
-            "error: give --api-key or set LEAPOCR_API_KEY (requests must carry it as X-API-KEY)",
-            file=sys.stderr,
-        )
-        return 2
-    serve(args.host, args.port, api_key, workers=args.workers, latency_per_page=args.latency)
-    return 0
+    return run_from_args(args)
 
 
 def _erp_sandbox(args: argparse.Namespace) -> int:
@@ -55,18 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invoiceflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ocr = sub.add_parser("leapocr-server", help="serve the LeapOCR API offline (the SDK works against it)")
-    ocr.add_argument("--host", default="127.0.0.1")
-    ocr.add_argument("--port", type=int, default=8484)
-    ocr.add_argument("--api-key", help="the only X-API-KEY served (default: $LEAPOCR_API_KEY)")
-    ocr.add_argument("--workers", type=int, default=2, help="jobs processed at once")
-    ocr.add_argument("--latency", type=float, default=0.0, help="extra seconds of processing per page")
+    from invoiceflow.erp import sandbox
+    from invoiceflow.leapocr import server
+
+    ocr = sub.add_parser(
+        "leapocr-server",
+        help="serve the LeapOCR API offline (the SDK works against it)",
+        description=server.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    server.add_arguments(ocr)
     ocr.set_defaults(func=_leapocr_server)
 
-    from invoiceflow.erp.sandbox import add_arguments
-
     erp = sub.add_parser("erp-sandbox", help="run the ERP sandbox that stores bills in a SQLite ledger")
-    add_arguments(erp)
+    sandbox.add_arguments(erp)
     erp.set_defaults(func=_erp_sandbox, db=None)
 
     db = sub.add_parser("db", help="warehouse schema")

@@ -12,6 +12,7 @@ a thin transport layer and a broken engine fails jobs instead of the whole serve
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -935,3 +937,25 @@ def running_server(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``invoiceflow leapocr-server`` options (the main CLI delegates here, so flags live with the server)."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8484)
+    parser.add_argument("--api-key", help="the only X-API-KEY served (default: $LEAPOCR_API_KEY)")
+    parser.add_argument("--workers", type=int, default=2, help="jobs processed at once")
+    parser.add_argument("--latency", type=float, default=0.0, help="extra seconds of processing per page")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Start the server from ``add_arguments`` options; the key defaults to ``$LEAPOCR_API_KEY``."""
+    api_key = args.api_key or os.environ.get("LEAPOCR_API_KEY")
+    if not api_key:
+        print(
+            "error: give --api-key or set LEAPOCR_API_KEY (requests must carry it as X-API-KEY)",
+            file=sys.stderr,
+        )
+        return 2
+    serve(args.host, args.port, api_key, workers=args.workers, latency_per_page=args.latency)
+    return 0
