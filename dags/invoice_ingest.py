@@ -7,8 +7,10 @@ Picks up supplier invoices that landed in the inbox and loads them into the ware
    in `documents` by the sha256 of its content (seen content is never processed twice) and rejects empty, corrupt or
    unsupported files with the reason.
 2. **plan_batches** cuts the open documents into batches (`batch_size` param), one mapped task per batch.
-3. **extract_batch** submits a batch to LeapOCR (connection `leapocr_default`), records the job ids, defers to the
-   triggerer, then fetches, merges and stores every result page.
+3. **extract_batch** submits a batch to LeapOCR (connection `leapocr_default`) up to the per-key in-flight cap,
+   records each job id before deferring; the triggerer submits the rest as jobs finish and polls them all; on
+   resume every result page is fetched, merged and stored, and the remote job deleted (param `keep_remote_jobs`).
+   Params: `schema` (or per document type), `template_slug`, `model`, `instructions`, `credit_budget`.
 4. **validate_and_load** validates with pandera and loads staging then core tables in one transaction.
 5. **publish_invoices** emits the `invoiceflow://warehouse/invoices` asset that schedules `erp_sync`.
 """
@@ -38,11 +40,27 @@ from invoiceflow.leapocr.operators import LeapOcrExtractBatchOperator
         "batch_size": Param(
             25, type="integer", minimum=1, maximum=500, description="Documents per mapped task"
         ),
-        "schema": Param("invoice", type="string", description="JSON schema in include/schemas/ to extract"),
+        "schema": Param(
+            "invoice",
+            type=["string", "object"],
+            description='Schema in include/schemas/, or per document type: {"png": "receipt", "default": "invoice"}',
+        ),
+        "template_slug": Param(
+            None, type=["null", "string"], description="A LeapOCR template instead of a schema"
+        ),
         "model": Param(
-            None, type=["null", "string"], description="LeapOCR model, e.g. standard-v2 or pro-v2"
+            None, type=["null", "string"], enum=[None, "standard-v2", "pro-v2"], description="LeapOCR model"
         ),
         "instructions": Param(None, type=["null", "string"], maxLength=100, description="Extra instructions"),
+        "credit_budget": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="Stop submitting once this run used that many credits",
+        ),
+        "keep_remote_jobs": Param(
+            False, type="boolean", description="Keep LeapOCR jobs after fetching (retention)"
+        ),
     },
 )
 def invoice_ingest() -> None:
@@ -67,10 +85,15 @@ def invoice_ingest() -> None:
     batches = plan_batches(register_new_files())
     extracted = LeapOcrExtractBatchOperator.partial(
         task_id="extract_batch",
-        schema_name="{{ params.schema }}",
+        schema="{{ params.schema }}",
+        template_slug="{{ params.template_slug }}",
         model="{{ params.model }}",
         instructions="{{ params.instructions }}",
-        max_active_tis_per_dagrun=8,
+        credit_budget="{{ params.credit_budget }}",
+        delete_remote_after_fetch="{{ not params.keep_remote_jobs }}",
+        poll_interval=1.0,
+        # Deferred tasks free their worker slot: few slots keep many jobs in flight (the cap is per API key).
+        max_active_tis_per_dagrun=4,
     ).expand(document_ids=batches)
     publish_invoices(validate_and_load.expand(document_ids=extracted.output))
 

@@ -376,3 +376,43 @@ def test_client_validates_its_input(sandbox: str) -> None:
             client.post_bills([make_bill(1, reference=None)], "k")
         with pytest.raises(ValueError, match="batch_key"):
             client.post_bills([make_bill(1)], "")
+
+
+def test_cli_options_select_mode_faults_and_time_scale() -> None:
+    import argparse
+
+    from invoiceflow.erp.sandbox import add_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = options_from_args(
+        parser.parse_args(
+            [
+                "--mode",
+                "xero",
+                "--time-scale",
+                "60",
+                "--seed",
+                "7",
+                "--error-rate",
+                "0.1",
+                "--drop-rate",
+                "0.05",
+            ]
+        )
+    )
+    assert (options.mode, options.time_scale, options.seed, options.error_rate, options.drop_rate) == (
+        "xero",
+        60.0,
+        7,
+        0.1,
+        0.05,
+    )
+    assert options_from_args(parser.parse_args([])).mode == "sandbox"
+
+
+def test_native_mode_fault_injection_is_seeded(db_path: Path) -> None:
+    with running_sandbox(db_path, error_rate=1.0, seed=3) as url:
+        assert post(url, [make_bill(1)], "k").status_code in (500, 503)
+        assert httpx.get(f"{url}/api/admin/stats").json()["faults"]["errors"] == 1
+    assert ledger_rows(db_path) == []

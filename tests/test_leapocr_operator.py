@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,14 @@ def test_failed_and_timed_out_jobs_fail_only_their_documents(
     (failed_job, failed_sha), (late_job, late_sha) = sorted(jobs.items())
     event = {
         "status": "timeout",
-        "message": "1 jobs still running at the deadline",
-        "jobs": {
-            failed_job: {"status": "failed", "error": "page 2 could not be processed"},
-            late_job: {"status": "timeout", "error": "job did not finish before the deadline"},
+        "message": "1 documents unfinished at the deadline",
+        "documents": {
+            failed_sha: {"status": "failed", "job_id": failed_job, "error": "page 2 could not be processed"},
+            late_sha: {
+                "status": "timeout",
+                "job_id": late_job,
+                "error": "job did not finish before the deadline",
+            },
         },
     }
     assert op.execute_complete({}, event) == registered
@@ -117,4 +122,111 @@ def test_failed_and_timed_out_jobs_fail_only_their_documents(
     assert rows == {
         failed_sha: "extraction failed: page 2 could not be processed",
         late_sha: "extraction timeout: job did not finish before the deadline",
+    }
+
+
+def use_server(monkeypatch: pytest.MonkeyPatch, base_url: str, api_key: str, **extra: Any) -> None:
+    conn = {"conn_type": "leapocr", "host": base_url, "password": api_key, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_LEAPOCR_DEFAULT", json.dumps(conn))
+
+
+def run_trigger(trigger: LeapOcrJobsTrigger) -> dict[str, Any]:
+    async def wait() -> list[Any]:
+        return [event async for event in trigger.run()]
+
+    (event,) = asyncio.run(wait())
+    return event.payload
+
+
+def test_worker_dying_between_submit_and_defer_does_not_submit_again(
+    engine: Any, registered: list[str], leapocr_connection: str
+) -> None:
+    with mock.patch.object(
+        OCRService, "process_file", autospec=True, side_effect=OCRService.process_file
+    ) as submit:
+        op = LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=registered)
+        with (
+            mock.patch.object(LeapOcrExtractBatchOperator, "defer", side_effect=SystemExit("worker killed")),
+            pytest.raises(SystemExit),
+        ):
+            op.execute({"run_id": "manual__test"})
+        assert submit.call_count == len(registered)
+        retried = defer(LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=registered))
+        payload = run_trigger(retried.trigger)
+        assert submit.call_count == len(registered), "the retry must reconnect to the jobs in the ledger"
+    assert {o["status"] for o in payload["documents"].values()} == {"completed"}
+
+
+@pytest.fixture
+def slow_server(leapocr_api_key: str) -> Any:
+    from invoiceflow.leapocr.server import running_server
+
+    with running_server(api_key=leapocr_api_key, workers=4, latency_per_page=0.4) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def three_documents(engine: Any, registered: list[str], tmp_path: Path) -> list[str]:
+    inbox = tmp_path / "inbox"
+    shutil.copy(SAMPLES / "synthetic-compact-en.pdf", inbox / "third.pdf")
+    ingest.register_inbox(engine, inbox.as_uri())
+    return warehouse.open_documents(engine)
+
+
+def test_cap_on_jobs_in_flight_queues_the_rest_for_the_trigger(
+    engine: Any,
+    three_documents: list[str],
+    slow_server: str,
+    leapocr_api_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_server(monkeypatch, slow_server, leapocr_api_key, max_jobs_in_flight=1)
+    op = LeapOcrExtractBatchOperator(
+        task_id="extract_batch", document_ids=three_documents, poll_interval=0.05
+    )
+    deferred = defer(op)
+    assert len(deferred.trigger.jobs) == 1
+    assert len(deferred.trigger.queued) == 2
+    payload = run_trigger(deferred.trigger)
+    assert {o["status"] for o in payload["documents"].values()} == {"completed"}
+    assert len({o["job_id"] for o in payload["documents"].values()}) == 3
+    op.execute_complete({}, payload)
+    assert set(warehouse.document_statuses(engine, three_documents).values()) == {"extracted"}
+
+
+def test_trigger_recreated_mid_poll_resumes_from_the_ledger(
+    engine: Any,
+    three_documents: list[str],
+    slow_server: str,
+    leapocr_api_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As after a triggerer restart: the new instance adopts jobs the old one submitted, and submits no twins."""
+    use_server(monkeypatch, slow_server, leapocr_api_key, max_jobs_in_flight=1)
+    deferred = defer(
+        LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=three_documents, poll_interval=0.05)
+    )
+    _, kwargs = deferred.trigger.serialize()
+
+    async def interrupted_then_recreated() -> list[Any]:
+        first = asyncio.ensure_future(LeapOcrJobsTrigger(**kwargs).run().__anext__())
+        while (
+            len(warehouse.jobs_for(engine, three_documents)) < 2
+        ):  # the first instance submitted a queued doc
+            await asyncio.sleep(0.02)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return [event async for event in LeapOcrJobsTrigger(**kwargs).run()]
+
+    with mock.patch.object(
+        OCRService, "process_file", autospec=True, side_effect=OCRService.process_file
+    ) as submit:
+        (event,) = asyncio.run(interrupted_then_recreated())
+        assert submit.call_count == 2, "one queued document per instance at most: never the adopted one again"
+    documents = event.payload["documents"]
+    assert {o["status"] for o in documents.values()} == {"completed"}
+    ledger = warehouse.jobs_for(engine, three_documents)
+    assert {sha: row["job_id"] for sha, row in ledger.items()} == {
+        sha: o["job_id"] for sha, o in documents.items()
     }

@@ -6,11 +6,15 @@ SDK is used as a black box; raw httpx calls cover the error shapes the SDK hides
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
+import hashlib
 import http.server
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -35,6 +39,7 @@ from leapocr import (
 )
 from PIL import Image, ImageDraw
 
+from invoiceflow.leapocr import server
 from invoiceflow.leapocr.server import ServerSettings, create_app, running_server, schema_dir
 
 API_KEY = "test-key"
@@ -397,3 +402,290 @@ async def test_markdown_for_image_renders_extracted_fields(client: LeapOCR, tmp_
     _, result = await run_to_completion(client, image, ProcessOptions(format=Format.MARKDOWN))
     assert result.result_format == "markdown" and result.credits_used == 1
     assert isinstance(result.pages[0].result, str) and "**invoice_number**" in result.pages[0].result
+
+
+# ------------------------------------------------------------------------------------------ fault injection
+
+
+def admin_stats(url: str, api_key: str = API_KEY) -> dict[str, Any]:
+    root = url.removesuffix("/api/v1")
+    response = httpx.get(f"{root}/_admin/stats", headers={"X-API-KEY": api_key}, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def fast_sdk(url: str, retries: int = 0) -> LeapOCR:
+    """SDK client whose own transport retries (1, 2, 4 s by default) cost almost nothing."""
+    return LeapOCR(API_KEY, ClientConfig(base_url=url, max_retries=retries, retry_delay=0.01))
+
+
+def request_fault_trace(seed: int, requests: int = 40) -> tuple[list[str], dict[str, Any]]:
+    """Outcome of each of ``requests`` status polls for unknown jobs (404 unless a fault hits)."""
+    trace: list[str] = []
+    with (
+        running_server(API_KEY, seed=seed, rate_429=0.3, rate_5xx=0.2, drop_rate=0.1, retry_after=2.5) as url,
+        httpx.Client(base_url=url, headers={"X-API-KEY": API_KEY}, timeout=5) as http,
+    ):
+        for _ in range(requests):
+            try:
+                response = http.get(f"/ocr/status/{uuid.uuid4()}")
+            except httpx.TransportError as exc:
+                trace.append(type(exc).__name__)
+                continue
+            code = response.json()["code"]
+            if response.status_code == 429:
+                assert response.headers["Retry-After"] == "2.5" and code == "TOO_MANY_REQUESTS"
+            elif response.status_code >= 500:
+                assert response.status_code in (500, 502, 503) and code == "SYSTEM_ERROR"
+            else:
+                assert response.status_code == 404
+            trace.append(str(response.status_code))
+        assert all(http.get("/health").status_code == 200 for _ in range(10))  # health is never faulted
+        return trace, admin_stats(url)
+
+
+def test_request_faults_repeat_with_the_seed() -> None:
+    first, stats = request_fault_trace(seed=7)
+    again, _ = request_fault_trace(seed=7)
+    other, _ = request_fault_trace(seed=8)
+    assert first == again and first != other
+    assert {"404", "429", "ReadError"} <= set(first) and set(first) & {"500", "502", "503"}
+    faults = stats["faults"]
+    assert faults["429"] == first.count("429") and faults["dropped"] == first.count("ReadError")
+    assert faults["5xx"] == sum(first.count(code) for code in ("500", "502", "503"))
+
+
+def test_faulted_submissions_never_create_jobs() -> None:
+    with running_server(API_KEY, seed=1, rate_429=0.5, rate_5xx=0.3, drop_rate=0.2) as url:
+        with httpx.Client(base_url=url, headers={"X-API-KEY": API_KEY}, timeout=5) as http:
+            for _ in range(10):
+                for path, body in (
+                    ("/ocr/uploads/url", {"url": "http://127.0.0.1:9/a.pdf", "format": "markdown"}),
+                    ("/ocr/uploads/direct", BASE_UPLOAD),
+                ):
+                    with contextlib.suppress(httpx.TransportError):
+                        assert http.post(path, json=body).status_code in (429, 500, 502, 503)
+        stats = admin_stats(url)
+    assert stats["jobs_created"] == stats["jobs_submitted"] == stats["active_jobs"] == 0
+    assert sum(stats["faults"][k] for k in ("429", "5xx", "dropped")) == 20
+
+
+@pytest.mark.asyncio
+async def test_drop_is_a_transport_error_the_sdk_retries() -> None:
+    with running_server(API_KEY, drop_rate=1.0) as url:
+        async with fast_sdk(url, retries=2) as sdk:
+            with pytest.raises(httpx.ReadError):
+                await sdk.ocr.process_url("http://127.0.0.1:9/a.pdf", ProcessOptions(format=Format.MARKDOWN))
+        stats = admin_stats(url)
+    assert stats["faults"]["dropped"] == 3  # first attempt + 2 SDK retries, all before the server acted
+    assert stats["jobs_created"] == 0
+
+
+@pytest.mark.asyncio
+async def test_drop_after_commit_loses_the_answer_and_sdk_retries_duplicate_the_job() -> None:
+    """The trap our client must survive: the job exists, the SDK never learns its id, and retries again."""
+    source = "http://127.0.0.1:9/lost.pdf"
+    with running_server(API_KEY, drop_after_commit_rate=1.0) as url:
+        async with fast_sdk(url, retries=1) as sdk:
+            with pytest.raises(httpx.ReadError):
+                await sdk.ocr.process_url(source, ProcessOptions(format=Format.MARKDOWN))
+            with pytest.raises(APIError) as err:  # reads are never dropped after commit
+                await sdk.ocr.get_job_status(str(uuid.uuid4()))
+            assert err.value.status_code == 404
+        stats = admin_stats(url)
+    assert stats["jobs_created"] == stats["jobs_submitted"] == 2
+    assert stats["jobs_by_source_url"] == {source: 2}
+    assert stats["faults"]["dropped_after_commit"] == 2 and stats["faults"]["dropped"] == 0
+
+
+@pytest.mark.asyncio
+async def test_max_concurrent_jobs_429_until_a_job_completes(tmp_path: Path) -> None:
+    pdf = make_invoice_pdf(tmp_path / "c.pdf")
+    options = ProcessOptions(format=Format.MARKDOWN)
+    with running_server(API_KEY, max_concurrent_jobs=1, latency_per_page=0.3) as url:
+        async with fast_sdk(url) as sdk:
+            first = await sdk.ocr.process_file(pdf, options)
+            with pytest.raises(APIError) as err:
+                await sdk.ocr.process_file(pdf, options)
+            assert err.value.status_code == 429 and "at most 1" in err.value.message
+            raw = httpx.post(
+                f"{url}/ocr/uploads/url",
+                json={"url": "http://127.0.0.1:9/a.pdf", "format": "markdown"},
+                headers={"X-API-KEY": API_KEY},
+            )
+            assert raw.status_code == 429 and raw.headers["Retry-After"] == "1"
+            assert raw.json()["code"] == "TOO_MANY_REQUESTS"
+            assert admin_stats(url)["active_jobs"] == 1
+
+            await sdk.ocr.wait_until_done(first.job_id, FAST_POLL)
+            second = await sdk.ocr.process_file(pdf, options)
+            await sdk.ocr.delete_job(second.job_id)  # deleting a running job frees its slot too
+            assert (await sdk.ocr.process_file(pdf, options)).job_id
+        stats = admin_stats(url)
+    assert stats["faults"]["concurrency_429"] == 2 and stats["jobs_submitted"] == 3
+
+
+def test_abandoned_uploads_expire_and_free_their_slot() -> None:
+    with (
+        running_server(API_KEY, max_concurrent_jobs=1, upload_ttl=0.2) as url,
+        httpx.Client(base_url=url, headers={"X-API-KEY": API_KEY}, timeout=5) as http,
+    ):
+        abandoned = http.post("/ocr/uploads/direct", json=BASE_UPLOAD).json()
+        assert http.post("/ocr/uploads/direct", json=BASE_UPLOAD).status_code == 429
+        time.sleep(0.3)
+        assert http.post("/ocr/uploads/direct", json=BASE_UPLOAD).status_code == 200
+        status = http.get(f"/ocr/status/{abandoned['job_id']}").json()
+        assert status["status"] == "failed" and "expired" in status["error_message"]
+        assert httpx.put(abandoned["parts"][0]["upload_url"], content=b"12345").status_code == 403
+        assert admin_stats(url)["faults"]["expired_uploads"] == 1
+
+
+@pytest.mark.asyncio
+async def test_credits_reserved_at_submission_charged_on_success(tmp_path: Path) -> None:
+    two, four = make_invoice_pdf(tmp_path / "two.pdf", 2), make_invoice_pdf(tmp_path / "four.pdf", 4)
+    options = ProcessOptions(format=Format.MARKDOWN)  # standard-v2 markdown: 1 credit per page
+    with running_server(API_KEY, credits=5, latency_per_page=0.1) as url:
+        async with fast_sdk(url) as sdk:
+            job = await sdk.ocr.process_file(two, options)
+            assert admin_stats(url)["credits_remaining"] == 3  # 2 reserved
+            with pytest.raises(APIError) as err:  # 4 pages do not fit into 3: refused at /complete
+                await sdk.ocr.process_file(four, options)
+            assert err.value.status_code == 402 and "needs 4, 3 available" in err.value.message
+            assert json.loads(err.value.response)["code"] == "LESS_CREDITS"
+            assert (await sdk.ocr.wait_until_done(job.job_id, FAST_POLL)).credits_used == 2
+            stats = admin_stats(url)
+            assert (stats["credits_remaining"], stats["credits_charged"]) == (3, 2)
+
+            await sdk.ocr.process_file(make_invoice_pdf(tmp_path / "three.pdf", 3), options)
+            with pytest.raises(APIError) as err:  # nothing left for even one page: refused at upload start
+                await sdk.ocr.process_file(two, options)
+            assert err.value.status_code == 402
+        stats = admin_stats(url)
+    assert stats["faults"]["credits_402"] == 2 and stats["jobs_submitted"] == 2
+
+
+@pytest.mark.asyncio
+async def test_failed_jobs_carry_a_message_and_refund_credits(tmp_path: Path) -> None:
+    pdf = make_invoice_pdf(tmp_path / "f.pdf", 2)
+    with running_server(API_KEY, fail_rate=1.0, credits=2, latency_per_page=0.1) as url:
+        async with fast_sdk(url) as sdk:
+            job = await sdk.ocr.process_file(pdf, ProcessOptions(format=Format.MARKDOWN))
+            assert admin_stats(url)["credits_remaining"] == 0
+            with pytest.raises(JobFailedError, match="Failed to process page 1"):
+                await sdk.ocr.wait_until_done(job.job_id, FAST_POLL)
+            status = await sdk.ocr.get_job_status(job.job_id)
+            assert status.status == JobStatusType.FAILED and "fail_rate" in (status.error_message or "")
+            result = await sdk.ocr.get_results(job.job_id)
+            assert result.credits_used == 0 and result.pages == []
+        stats = admin_stats(url)
+    assert (stats["credits_remaining"], stats["credits_charged"], stats["credits_reserved"]) == (2, 0, 0)
+    assert stats["faults"]["failed_jobs"] == stats["jobs_failed"] == 1 and stats["active_jobs"] == 0
+
+
+async def job_outcomes(seed: int, pdf: Path, jobs: int = 6) -> list[str]:
+    with running_server(API_KEY, seed=seed, fail_rate=0.5) as url:
+        async with fast_sdk(url) as sdk:
+            ids = [
+                (await sdk.ocr.process_file(pdf, ProcessOptions(format=Format.MARKDOWN))).job_id
+                for _ in range(jobs)
+            ]
+            outcomes = []
+            for job_id in ids:
+                try:
+                    await sdk.ocr.wait_until_done(job_id, FAST_POLL)
+                    outcomes.append("completed")
+                except JobFailedError:
+                    outcomes.append("failed")
+            return outcomes
+
+
+@pytest.mark.asyncio
+async def test_failed_jobs_repeat_with_the_seed(tmp_path: Path) -> None:
+    pdf = make_invoice_pdf(tmp_path / "s.pdf")
+    first = await job_outcomes(11, pdf)
+    assert first == await job_outcomes(11, pdf)
+    assert set(first) == {"completed", "failed"}
+
+
+@pytest.mark.asyncio
+async def test_stats_count_jobs_per_content_and_need_the_key(tmp_path: Path) -> None:
+    a, b = make_invoice_pdf(tmp_path / "a.pdf", 1), make_invoice_pdf(tmp_path / "b.pdf", 2)
+    with running_server(API_KEY) as url:
+        async with fast_sdk(url) as sdk:
+            ids = [
+                (await sdk.ocr.process_file(pdf, ProcessOptions(format=Format.MARKDOWN))).job_id
+                for pdf in (a, a, b)
+            ]
+            for job_id in ids:
+                await sdk.ocr.wait_until_done(job_id, FAST_POLL)
+        stats = admin_stats(url)
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            admin_stats(url, api_key="wrong")
+        assert err.value.response.status_code == 401
+    sha = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)}
+    assert stats["jobs_by_file_sha256"] == {sha["a.pdf"]: 2, sha["b.pdf"]: 1}
+    assert stats["jobs_created"] == stats["jobs_submitted"] == stats["jobs_completed"] == 3
+    assert stats["active_jobs"] == 0 and stats["credits_remaining"] is None
+    assert stats["credits_charged"] == 1 + 1 + 2  # a, a (1 page each) and b (2 pages), 1 credit per page
+    assert not any(stats["faults"].values())
+
+
+FAULT_FLAGS = (
+    "--latency",
+    "--workers",
+    "--rate-429",
+    "--retry-after",
+    "--rate-5xx",
+    "--fail-rate",
+    "--max-concurrent-jobs",
+    "--credits",
+    "--drop-rate",
+    "--drop-after-commit-rate",
+    "--seed",
+)
+
+
+def test_cli_flags_are_documented_and_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    server.add_arguments(parser)
+    help_text = parser.format_help()
+    assert all(flag in help_text for flag in FAULT_FLAGS) and "Retry-After" in help_text
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(server, "serve", lambda *args, **kwargs: captured.update(args=args, **kwargs))
+    argv = "--api-key k --rate-429 0.1 --retry-after 0.5 --rate-5xx 0.05 --fail-rate 0.05 --seed 3"
+    argv += (
+        " --max-concurrent-jobs 20 --credits 100 --drop-rate 0.01 --drop-after-commit-rate 0.02 --latency 2"
+    )
+    assert server.run_from_args(parser.parse_args(argv.split())) == 0
+    assert captured["args"] == ("127.0.0.1", 8484, "k")
+    expected = {
+        "rate_429": 0.1,
+        "retry_after": 0.5,
+        "rate_5xx": 0.05,
+        "fail_rate": 0.05,
+        "seed": 3,
+        "max_concurrent_jobs": 20,
+        "credits": 100,
+        "drop_rate": 0.01,
+        "drop_after_commit_rate": 0.02,
+        "latency_per_page": 2.0,
+    }
+    assert {k: captured[k] for k in expected} == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rate-429", "1.5"])
+
+
+def test_fault_settings_validate_and_stay_backward_compatible() -> None:
+    legacy = ServerSettings("k", "", 3, 0.5, None, 1024)  # positional form used before faults existed
+    assert (legacy.workers, legacy.rate_429, legacy.credits, legacy.seed) == (3, 0.0, None, None)
+    bad_settings: list[dict[str, Any]] = [
+        {"rate_429": 1.5},
+        {"rate_429": 0.6, "rate_5xx": 0.6},
+        {"retry_after": -1},
+        {"max_concurrent_jobs": 0},
+        {"credits": -1},
+        {"upload_ttl": 0},
+    ]
+    for bad in bad_settings:
+        with pytest.raises(ValueError):
+            ServerSettings("k", "", **bad)

@@ -9,8 +9,9 @@ from unittest import mock
 
 import pytest
 from airflow.triggers.base import TriggerEvent
-from leapocr import APIError, JobStatus, JobStatusType
+from leapocr import JobStatus, JobStatusType
 
+from invoiceflow.leapocr.hooks import LeapOcrAuthError, LeapOcrRejected, LeapOcrUnavailable
 from invoiceflow.leapocr.triggers import LeapOcrJobsTrigger, validate_trigger_event
 
 CLASSPATH = "invoiceflow.leapocr.triggers.LeapOcrJobsTrigger"
@@ -32,13 +33,15 @@ def status(
     )
 
 
-class FakeClient:
-    """Stands in for ``leapocr.LeapOCR``: statuses come from a per-job script."""
+class FakeApi:
+    """Stands in for ``LeapOcrApi``: statuses come from a per-job script."""
+
+    fingerprint = "fake-key"
+    max_jobs_in_flight = 8
 
     def __init__(self, script: dict[str, list[Any]]) -> None:
         self.script = {job: list(steps) for job, steps in script.items()}
-        self.ocr = mock.Mock()
-        self.ocr.get_job_status = mock.AsyncMock(side_effect=self._next)
+        self.job_status = mock.AsyncMock(side_effect=self._next)
 
     async def _next(self, job_id: str) -> JobStatus:
         step = self.script[job_id].pop(0) if len(self.script[job_id]) > 1 else self.script[job_id][0]
@@ -46,7 +49,7 @@ class FakeClient:
             raise step
         return step
 
-    async def __aenter__(self) -> FakeClient:
+    async def __aenter__(self) -> FakeApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -64,12 +67,10 @@ def make_trigger(jobs: dict[str, str] | None = None, end_time: float | None = No
 
 
 async def events_of(
-    trigger: LeapOcrJobsTrigger, client: FakeClient
+    trigger: LeapOcrJobsTrigger, client: FakeApi
 ) -> tuple[list[TriggerEvent], mock.AsyncMock]:
     with (
-        mock.patch(
-            "invoiceflow.leapocr.triggers.LeapOcrHook.aget_client", mock.AsyncMock(return_value=client)
-        ),
+        mock.patch("invoiceflow.leapocr.triggers.LeapOcrHook.aget_api", mock.AsyncMock(return_value=client)),
         mock.patch("invoiceflow.leapocr.triggers.asyncio.sleep", mock.AsyncMock()) as sleep,
     ):
         return [event async for event in trigger.run()], sleep
@@ -77,6 +78,8 @@ async def events_of(
 
 def test_serialize_round_trips_through_the_constructor() -> None:
     trigger = make_trigger(end_time=1234.5)
+    trigger.queued = ["sha-3"]
+    trigger.submission = {"schemas": {"default": {"type": "object"}}, "run_id": "r1", "credit_budget": 10}
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
     assert kwargs == {
@@ -85,13 +88,16 @@ def test_serialize_round_trips_through_the_constructor() -> None:
         "leapocr_conn_id": "leapocr_test",
         "poll_interval": 1.0,
         "max_poll_interval": 4.0,
+        "queued": ["sha-3"],
+        "submission": {"schemas": {"default": {"type": "object"}}, "run_id": "r1", "credit_budget": 10},
+        "warehouse_conn_id": "warehouse_default",
     }
     assert LeapOcrJobsTrigger(**kwargs).serialize() == (classpath, kwargs)
 
 
 @pytest.mark.asyncio
-async def test_all_jobs_completed_yields_one_done_event_and_backs_off() -> None:
-    client = FakeClient(
+async def test_all_jobs_completed_yields_one_done_event_and_backs_off_while_idle() -> None:
+    client = FakeApi(
         {
             "job-1": [
                 status("job-1", "processing"),
@@ -106,20 +112,21 @@ async def test_all_jobs_completed_yields_one_done_event_and_backs_off() -> None:
         TriggerEvent(
             {
                 "status": "done",
-                "message": "2 jobs finished, 0 failed",
-                "jobs": {
-                    "job-1": {"status": "completed", "error": None},
-                    "job-2": {"status": "completed", "error": None},
+                "message": "2 documents finished, 0 not completed",
+                "documents": {
+                    "sha-1": {"status": "completed", "error": None, "job_id": "job-1"},
+                    "sha-2": {"status": "completed", "error": None, "job_id": "job-2"},
                 },
             }
         )
     ]
-    assert [c.args[0] for c in sleep.await_args_list] == [1.0, 1.5]
+    # idle first round: the interval grows; after job-2 finished it drops back to the base interval
+    assert [c.args[0] for c in sleep.await_args_list] == [1.5, 1.0]
 
 
 @pytest.mark.asyncio
 async def test_failed_job_fails_only_its_document_with_the_server_message() -> None:
-    client = FakeClient(
+    client = FakeApi(
         {
             "job-1": [status("job-1", "failed", error="corrupt PDF: cannot open")],
             "job-2": [status("job-2", "completed")],
@@ -129,49 +136,59 @@ async def test_failed_job_fails_only_its_document_with_the_server_message() -> N
     assert len(events) == 1
     payload = events[0].payload
     assert payload["status"] == "done"
-    assert payload["jobs"]["job-1"] == {"status": "failed", "error": "corrupt PDF: cannot open"}
-    assert payload["jobs"]["job-2"]["status"] == "completed"
+    assert payload["documents"]["sha-1"] == {
+        "status": "failed",
+        "error": "corrupt PDF: cannot open",
+        "job_id": "job-1",
+    }
+    assert payload["documents"]["sha-2"]["status"] == "completed"
 
 
 @pytest.mark.asyncio
 async def test_deadline_yields_one_timeout_event_for_unfinished_jobs() -> None:
-    client = FakeClient({"job-1": [status("job-1", "completed")], "job-2": [status("job-2", "processing")]})
+    client = FakeApi({"job-1": [status("job-1", "completed")], "job-2": [status("job-2", "processing")]})
     events, sleep = await events_of(make_trigger(end_time=time.time() - 1), client)
     assert len(events) == 1
     assert events[0].payload["status"] == "timeout"
-    assert events[0].payload["jobs"] == {
-        "job-1": {"status": "completed", "error": None},
-        "job-2": {"status": "timeout", "error": "job did not finish before the deadline"},
+    assert events[0].payload["documents"] == {
+        "sha-1": {"status": "completed", "error": None, "job_id": "job-1"},
+        "sha-2": {"status": "timeout", "error": "job did not finish before the deadline", "job_id": "job-2"},
     }
     sleep.assert_not_awaited()
 
 
 @pytest.mark.asyncio
-async def test_transient_api_errors_are_polled_again_and_404_fails_the_job() -> None:
-    client = FakeClient(
+async def test_busy_api_is_polled_again_and_a_vanished_job_fails() -> None:
+    client = FakeApi(
         {
-            "job-1": [APIError("busy", status_code=503), status("job-1", "completed")],
-            "job-2": [APIError("job not found", status_code=404)],
+            "job-1": [
+                LeapOcrUnavailable("status of job-1 failed after 6 attempts"),
+                status("job-1", "completed"),
+            ],
+            "job-2": [LeapOcrRejected("status of job-2 refused (HTTP 404): job not found")],
         }
     )
     events, _ = await events_of(make_trigger(), client)
-    assert [e.payload["jobs"] for e in events] == [
+    assert [e.payload["documents"] for e in events] == [
         {
-            "job-1": {"status": "completed", "error": None},
-            "job-2": {"status": "failed", "error": "job job-2 not found on the server"},
+            "sha-1": {"status": "completed", "error": None, "job_id": "job-1"},
+            "sha-2": {"status": "failed", "error": "job job-2 not found on the server", "job_id": "job-2"},
         }
     ]
 
 
 @pytest.mark.asyncio
 async def test_authentication_error_yields_one_error_event() -> None:
-    client = FakeClient(
-        {"job-1": [APIError("invalid API key", status_code=401)], "job-2": [status("job-2", "completed")]}
+    client = FakeApi(
+        {
+            "job-1": [LeapOcrAuthError("LeapOCR rejected the API key (HTTP 401)")],
+            "job-2": [status("job-2", "completed")],
+        }
     )
     events, _ = await events_of(make_trigger(), client)
     assert len(events) == 1
     assert events[0].payload["status"] == "error"
-    assert "invalid API key" in events[0].payload["message"]
+    assert "LeapOcrAuthError" in events[0].payload["message"]
 
 
 @pytest.mark.asyncio
@@ -205,10 +222,10 @@ async def test_connection_is_looked_up_asynchronously_only(
         events = [event async for event in trigger.run()]
     lookup.assert_awaited_once_with("leapocr_test")
     assert [e.payload["status"] for e in events] == ["done"]
-    assert events[0].payload["jobs"][job.job_id]["status"] == "completed"
+    assert events[0].payload["documents"]["sha"]["status"] == "completed"
 
 
-@pytest.mark.parametrize("event", [None, {"status": "success", "jobs": {}}, {"status": "done"}])
+@pytest.mark.parametrize("event", [None, {"status": "success", "documents": {}}, {"status": "done"}])
 def test_operator_refuses_unknown_events(event: Any) -> None:
     with pytest.raises(ValueError, match="unexpected LeapOCR trigger event"):
         validate_trigger_event(event)

@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the samples, fully offline")
     demo.set_defaults(func=_demo)
+
+    from invoiceflow.extraction import commands as extraction_commands
+
+    extract = sub.add_parser("extract", help="extract invoice fields from files to JSON, offline")
+    extraction_commands.add_extract_arguments(extract)
+    extract.set_defaults(func=extraction_commands.run_extract)
+
+    evaluate = sub.add_parser("eval", help="score the offline engine on documents with ground-truth JSON")
+    extraction_commands.add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=extraction_commands.run_eval)
     return parser
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from fpdf import FPDF
 
 LAYOUTS = ("classic", "modern", "compact")
-LANGS = ("en", "de")
+LANGS = ("en", "de", "fr", "es", "nl", "it")
+DAY_FIRST = {"de", "fr", "es", "nl", "it"}  # languages printing 1.234,56 and day-first dates
 
 VENDORS = {
     "en": [
@@ -37,9 +38,25 @@ VENDORS = {
         ("Grün & Partner IT-Dienste GmbH", "Prinzregentenstraße 88", "81675 München"),
     ],
 }
+VENDORS.update(
+    {
+        "fr": [("Papeterie Dupont SARL", "14 rue de la Paix", "75002 Paris"),
+               ("Boulangerie Léger SAS", "3 place du Marché", "69002 Lyon")],
+        "es": [("Suministros Ibéricos S.L.", "Calle Mayor 21", "28013 Madrid"),
+               ("Distribuciones Peña S.A.", "Avenida del Puerto 8", "46021 Valencia")],
+        "nl": [("Van der Berg Kantoorartikelen B.V.", "Keizersgracht 101", "1015 CJ Amsterdam"),
+               ("De Vries Logistiek B.V.", "Havenstraat 12", "3011 AB Rotterdam")],
+        "it": [("Forniture Rossi S.r.l.", "Via Roma 45", "20121 Milano"),
+               ("Bianchi Servizi S.p.A.", "Corso Italia 7", "50123 Firenze")],
+    }
+)  # fmt: skip
 CUSTOMERS = {
     "en": [("Contoso Manufacturing", "77 Industrial Way", "Austin, TX 78701")],
     "de": [("Beispiel Handels GmbH", "Musterweg 5", "60311 Frankfurt am Main")],
+    "fr": [("Client Exemple SA", "8 avenue Foch", "33000 Bordeaux")],
+    "es": [("Cliente Ejemplo S.A.", "Calle Luna 3", "41001 Sevilla")],
+    "nl": [("Voorbeeld Klant B.V.", "Dorpsstraat 1", "3511 AA Utrecht")],
+    "it": [("Cliente Esempio S.r.l.", "Via Dante 2", "10121 Torino")],
 }
 ITEMS = {
     "en": [
@@ -56,6 +73,19 @@ ITEMS = {
         "Ordner breit, blau",
     ],
 }  # fmt: skip
+ITEMS.update(
+    {
+        "fr": ["Chaise de bureau ergonomique", "Papier A4, carton de 5", "Station d'accueil USB-C", "Heures de conseil",
+               "Cartouche de toner noire", "Bras de moniteur double", "Installation sur site", "Café en grains 1 kg"],
+        "es": ["Silla de oficina ergonómica", "Papel A4, caja de 5", "Estación de acoplamiento USB-C",
+               "Horas de consultoría", "Cartucho de tóner negro", "Instalación in situ", "Café en grano 1 kg",
+               "Teclado y ratón inalámbricos"],
+        "nl": ["Ergonomische bureaustoel", "Printpapier A4, doos van 5", "USB-C dockingstation", "Adviesuren",
+               "Tonercartridge zwart", "Monitorarm dubbel", "Installatie op locatie", "Koffiebonen 1 kg"],
+        "it": ["Sedia da ufficio ergonomica", "Carta A4, scatola da 5", "Docking station USB-C", "Ore di consulenza",
+               "Cartuccia toner nero", "Braccio monitor doppio", "Installazione in sede", "Caffè in grani 1 kg"],
+    }
+)  # fmt: skip
 
 TEXT = {
     "en": {
@@ -78,6 +108,117 @@ TEXT = {
         "thanks": "Vielen Dank für Ihren Auftrag.", "unit_pcs": "Stk", "unit_h": "Std",
     },
 }  # fmt: skip
+
+TEXT["fr"] = {
+    **TEXT["en"],
+    **{
+        "title": "FACTURE",
+        "number": "N° de facture",
+        "number_long": "Numéro de facture",
+        "date": "Date de facture",
+        "date_short": "Date",
+        "due": "Date d'échéance",
+        "po": "Bon de commande",
+        "po_short": "Commande",
+        "from": "Fournisseur :",
+        "bill_to": "Client :",
+        "desc": "Désignation",
+        "item": "Article",
+        "qty": "Quantité",
+        "unit": "Unité",
+        "price": "Prix unitaire",
+        "price_short": "Prix",
+        "amount": "Montant",
+        "total_col": "Montant",
+        "subtotal": "Total HT",
+        "net": "Total HT",
+        "tax": "TVA",
+        "vat": "TVA",
+        "total": "Total TTC",
+        "total_short": "Total TTC",
+        "page": "Page {n} sur {m}",
+        "terms": "Paiement à 30 jours.",
+        "thanks": "Merci de votre confiance.",
+        "unit_pcs": "pce",
+        "unit_h": "h",
+    },
+}
+TEXT["es"] = {
+    **TEXT["en"],
+    **{
+        "title": "FACTURA",
+        "number": "Nº factura",
+        "number_long": "Número de factura",
+        "date": "Fecha de factura",
+        "date_short": "Fecha",
+        "due": "Vencimiento",
+        "po": "Nº pedido",
+        "po_short": "Pedido",
+        "from": "Proveedor:",
+        "bill_to": "Cliente:",
+        "desc": "Descripción",
+        "item": "Artículo",
+        "qty": "Cantidad",
+        "unit": "Unidad",
+        "price": "Precio unitario",
+        "price_short": "Precio",
+        "amount": "Importe",
+        "total_col": "Importe",
+        "subtotal": "Base imponible",
+        "net": "Base imponible",
+        "tax": "IVA",
+        "vat": "IVA",
+        "total": "Total factura",
+        "total_short": "Total factura",
+        "page": "Página {n} de {m}",
+        "terms": "Pago a 30 días.",
+        "thanks": "Gracias por su confianza.",
+        "unit_pcs": "ud",
+        "unit_h": "h",
+    },
+}
+TEXT["nl"] = {
+    **TEXT["en"],
+    **{
+        "title": "FACTUUR",
+        "number": "Factuurnummer",
+        "number_long": "Factuurnummer",
+        "date": "Factuurdatum",
+        "date_short": "Datum",
+        "due": "Vervaldatum",
+        "po": "Bestelnummer",
+        "po_short": "Bestelnummer",
+        "from": "Leverancier:",
+        "bill_to": "Klant:",
+        "desc": "Omschrijving",
+        "item": "Artikel",
+        "qty": "Aantal",
+        "unit": "Eenheid",
+        "price": "Prijs",
+        "price_short": "Prijs",
+        "amount": "Bedrag",
+        "total_col": "Bedrag",
+        "subtotal": "Subtotaal",
+        "net": "Subtotaal",
+        "tax": "BTW",
+        "vat": "BTW",
+        "total": "Totaal",
+        "total_short": "Totaal",
+        "page": "Pagina {n} van {m}",
+        "terms": "Betaling binnen 30 dagen.",
+        "thanks": "Bedankt voor uw bestelling.",
+        "unit_pcs": "st",
+        "unit_h": "u",
+    },
+}
+TEXT["it"] = {**TEXT["en"], **{
+    "title": "FATTURA", "number": "Fattura n.", "number_long": "Numero fattura", "date": "Data fattura",
+    "date_short": "Data", "due": "Scadenza", "po": "Numero ordine", "po_short": "Ordine", "from": "Fornitore:",
+    "bill_to": "Cliente:", "desc": "Descrizione", "item": "Articolo", "qty": "Quantità", "unit": "Unità",
+    "price": "Prezzo unitario", "price_short": "Prezzo", "amount": "Importo", "total_col": "Importo",
+    "subtotal": "Imponibile", "net": "Imponibile", "tax": "IVA", "vat": "IVA", "total": "Totale fattura",
+    "total_short": "Totale fattura", "page": "Pagina {n} di {m}", "terms": "Pagamento a 30 giorni.",
+    "thanks": "Grazie per la fiducia.", "unit_pcs": "pz", "unit_h": "h"}}  # fmt: skip
 
 MONTHS_EN = (
     "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -110,19 +251,23 @@ class _Invoice:
 
 def _money(value: float, lang: str) -> str:
     text = f"{value:,.2f}"
-    if lang == "de":
+    if lang == "fr":
+        return text.replace(",", " ").replace(".", ",")
+    if lang in DAY_FIRST:
         text = text.replace(",", "_").replace(".", ",").replace("_", ".")
     return text
 
 
 def _qty(value: float, lang: str) -> str:
     text = f"{value:g}"
-    return text.replace(".", ",") if lang == "de" else text
+    return text.replace(".", ",") if lang in DAY_FIRST else text
 
 
 def _date(value: date, lang: str, layout: str) -> str:
     if lang == "de":
         return value.isoformat() if layout == "compact" else value.strftime("%d.%m.%Y")
+    if lang in DAY_FIRST:
+        return value.strftime("%d/%m/%Y") if layout != "compact" else value.strftime("%d-%m-%Y")
     if layout == "classic":
         return f"{MONTHS_EN[value.month - 1]} {value.day}, {value.year}"
     if layout == "modern":
@@ -162,6 +307,9 @@ def _build(seed: int, layout: str, lang: str, n_items: int | None, mismatch: boo
         subtotal = round(subtotal + rng.choice([10.0, 25.5, 100.0]), 2)
     if lang == "de":
         currency, symbol, tax_rate = "EUR", "€", rng.choice([0.19, 0.07])
+    elif lang in DAY_FIRST:
+        currency, symbol = "EUR", "€"
+        tax_rate = {"fr": 0.2, "es": 0.21, "nl": 0.21, "it": 0.22}[lang]
     else:
         currency, symbol = rng.choice([("USD", "$"), ("GBP", "£")])
         tax_rate = 0.2 if currency == "GBP" else rng.choice([0.0725, 0.0825, 0.06])
@@ -214,7 +362,7 @@ class _Doc(FPDF):
 
 def _tax_label(inv: _Invoice, short: bool = False) -> str:
     t = TEXT[inv.lang]
-    rate = f"{inv.tax_rate * 100:g}".replace(".", "," if inv.lang == "de" else ".")
+    rate = f"{inv.tax_rate * 100:g}".replace(".", "," if inv.lang in DAY_FIRST else ".")
     label = t["vat"] if (short or inv.currency == "GBP") else t["tax"]
     return f"{label} {rate}%"
 

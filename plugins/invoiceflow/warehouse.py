@@ -24,11 +24,13 @@ from invoiceflow import config
 
 log = logging.getLogger(__name__)
 
-#: Document states. The last four are terminal: every document ends in exactly one of them.
+#: Document states. The last four are terminal: every document ends in exactly one of them. The open ones are
+#: picked up again by the next run (``waiting_for_credits``: the account ran dry or the run's credit budget did).
 REGISTERED, EXTRACTING, EXTRACTED = "registered", "extracting", "extracted"
+WAITING_FOR_CREDITS = "waiting_for_credits"
 LOADED, NEEDS_REVIEW, REJECTED, FAILED = "loaded", "needs_review", "rejected", "failed"
 TERMINAL_STATES = frozenset({LOADED, NEEDS_REVIEW, REJECTED, FAILED})
-OPEN_STATES = (REGISTERED, EXTRACTING, EXTRACTED)
+OPEN_STATES = (REGISTERED, WAITING_FOR_CREDITS, EXTRACTING, EXTRACTED)
 
 AUTO_APPROVED = "auto_approved"
 
@@ -89,6 +91,19 @@ def engine_for(url: str) -> Engine:
 
 def get_engine(conn_id: str = config.WAREHOUSE_CONN_ID) -> Engine:
     return engine_for(resolve_url(conn_id))
+
+
+async def aget_engine(conn_id: str = config.WAREHOUSE_CONN_ID) -> Engine:
+    """For the triggerer: the connection is looked up asynchronously (queries then go through a thread)."""
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = await BaseHook.aget_connection(conn_id)
+    except Exception as exc:
+        if "isn't defined" not in str(exc) and type(exc).__name__ != "AirflowNotFoundException":
+            raise
+        return engine_for(config.embedded_warehouse_url())
+    return engine_for(url_from_airflow_connection(conn))
 
 
 # --------------------------------------------------------------------------------------------------- migrations
@@ -191,14 +206,11 @@ def register_files(engine: Engine, files: Sequence[SeenFile], run_id: str | None
 
 def open_documents(engine: Engine) -> list[str]:
     """Documents not yet in a terminal state (new ones, and any an earlier run left half-done)."""
+    stmt = sa.text(
+        "SELECT sha256 FROM documents WHERE status IN :states ORDER BY registered_at, sha256"
+    ).bindparams(sa.bindparam("states", expanding=True))
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT sha256 FROM documents WHERE status IN (:a, :b, :c) ORDER BY registered_at, sha256"
-            ),
-            dict(zip("abc", OPEN_STATES, strict=True)),
-        )
-        return list(rows.scalars())
+        return list(conn.execute(stmt, {"states": list(OPEN_STATES)}).scalars())
 
 
 def document_paths(engine: Engine, shas: Sequence[str]) -> dict[str, tuple[str, str, str | None]]:
@@ -253,19 +265,52 @@ def jobs_for(engine: Engine, shas: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {r.document_sha256: dict(r._mapping) for r in conn.execute(stmt, {"shas": list(shas)})}
 
 
-def record_job(engine: Engine, sha: str, job_id: str, run_id: str | None = None) -> None:
+def record_job(
+    engine: Engine, sha: str, job_id: str, run_id: str | None = None, fingerprint: str | None = None
+) -> None:
     """Store a submitted job *before* deferring, so a retry reconnects instead of paying twice."""
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO extraction_jobs (document_sha256, job_id, status, dag_run_id) "
-                "VALUES (:sha, :job, 'submitted', :run) ON CONFLICT (document_sha256) DO UPDATE SET "
+                "INSERT INTO extraction_jobs (document_sha256, job_id, status, dag_run_id, api_key_fingerprint) "
+                "VALUES (:sha, :job, 'submitted', :run, :key) ON CONFLICT (document_sha256) DO UPDATE SET "
                 "job_id = excluded.job_id, status = 'submitted', error_message = NULL, finished_at = NULL, "
-                "remote_deleted = 0, dag_run_id = excluded.dag_run_id"
+                "remote_deleted = 0, dag_run_id = excluded.dag_run_id, "
+                "api_key_fingerprint = excluded.api_key_fingerprint"
             ),
-            {"sha": sha, "job": job_id, "run": run_id},
+            {"sha": sha, "job": job_id, "run": run_id, "key": fingerprint},
         )
         set_document_status(conn, sha, EXTRACTING)
+
+
+def jobs_in_flight(engine: Engine, fingerprint: str) -> int:
+    """Jobs submitted with this API key and not finished yet, across every task and run."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM extraction_jobs WHERE api_key_fingerprint = :key AND status = 'submitted'"
+            ),
+            {"key": fingerprint},
+        ).scalar_one()
+
+
+def wait_for_credits(engine: Engine, shas: Sequence[str], reason: str) -> None:
+    """Leave documents open (not failed): the next run submits them once credits are there."""
+    with engine.begin() as conn:
+        for sha in shas:
+            set_document_status(conn, sha, WAITING_FOR_CREDITS, reason)
+
+
+def credits_used_by_run(engine: Engine, run_id: str) -> int:
+    """Credits charged for the documents a DAG run submitted (the run's budget is checked against this)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT COALESCE(SUM(r.credits_used), 0) FROM raw_extraction_results r "
+                "JOIN extraction_jobs j ON j.document_sha256 = r.document_sha256 WHERE j.dag_run_id = :run"
+            ),
+            {"run": run_id},
+        ).scalar_one()
 
 
 def finish_job_failed(engine: Engine, sha: str, status: str, message: str) -> None:

@@ -1,23 +1,31 @@
-"""ERP posting: the DAG-facing connector (``client``) and a local stand-in ERP (``sandbox``).
+"""ERP posting: the connector interface (``base``), the connectors, and a local stand-in ERP (``sandbox``).
 
-Only the client is re-exported here, so Airflow workers importing ``invoiceflow.erp`` do not load the web
-server stack.
+``connector_from_connection(conn)`` picks the connector for an Airflow connection (see ``connectors`` for the
+connection fields per ERP). Connectors and the web-server stack load lazily, so Airflow workers importing
+``invoiceflow.erp`` stay light.
 """
 
-from invoiceflow.erp.client import (
+from invoiceflow.erp.base import (
     BillOutcome,
     ErpAuthError,
+    ErpConnector,
     ErpError,
+    ErpRateLimitedError,
     ErpRequestError,
     ErpUnavailableError,
-    SandboxErpClient,
 )
+from invoiceflow.erp.client import SandboxErpClient
+from invoiceflow.erp.connectors import connector_from_connection, connector_kind
 
 __all__ = [
     "BillOutcome",
     "ErpAuthError",
+    "ErpConnector",
     "ErpError",
+    "ErpRateLimitedError",
     "ErpRequestError",
     "ErpUnavailableError",
     "SandboxErpClient",
+    "connector_from_connection",
+    "connector_kind",
 ]

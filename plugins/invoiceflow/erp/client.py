@@ -13,13 +13,32 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 import httpx
+
+from invoiceflow.erp.base import (
+    BillOutcome,
+    ErpAuthError,
+    ErpError,
+    ErpRateLimitedError,
+    ErpRequestError,
+    ErpUnavailableError,
+    RetryableResponse,
+    error_message,
+    json_default,
+    retry_after_seconds,
+)
+
+__all__ = [
+    "BillOutcome",
+    "ErpAuthError",
+    "ErpError",
+    "ErpRateLimitedError",
+    "ErpRequestError",
+    "ErpUnavailableError",
+    "SandboxErpClient",
+]
 
 logger = logging.getLogger("invoiceflow.erp")
 
@@ -29,72 +48,10 @@ _MAX_BACKOFF_SECONDS = 30.0
 
 _STATUS_MAP = {"created": "posted", "duplicate": "duplicate", "rejected": "rejected"}
 
-
-@dataclass
-class BillOutcome:
-    """Result of posting one bill; ``status`` is ``posted``, ``duplicate``, ``rejected`` or ``unknown``."""
-
-    reference: str
-    status: str
-    remote_id: str | None
-    error: str | None
-
-
-class ErpError(Exception):
-    """Base class for connector errors."""
-
-
-class ErpRequestError(ErpError):
-    """The ERP refused the whole request (4xx): nothing was processed, retrying unchanged will not help."""
-
-    def __init__(self, message: str, status_code: int, body: Any = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.body = body
-
-
-class ErpAuthError(ErpRequestError):
-    """401/403: bad or missing credentials."""
-
-
-class ErpUnavailableError(ErpError):
-    """No usable answer after retries for a read; never treat this as "not found"."""
-
-
-class _RetryableResponse(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
-
-
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
-
-
-def _error_message(response: httpx.Response) -> tuple[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200], response.text
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body), body
-    return str(body)[:200], body
+_RetryableResponse = RetryableResponse
+_json_default = json_default
+_retry_after_seconds = retry_after_seconds
+_error_message = error_message
 
 
 class SandboxErpClient:
@@ -102,6 +59,9 @@ class SandboxErpClient:
 
     ``transport`` and ``sleep`` exist for tests (fault injection without a real network and without waiting).
     """
+
+    name = "sandbox"
+    max_batch = MAX_BATCH_SIZE
 
     def __init__(
         self,
@@ -256,7 +216,13 @@ class SandboxErpClient:
 
     # -- read-back --
 
-    def find_bill(self, reference: str) -> str | None:
+    def ensure_vendor(self, vendor_name: str) -> str:
+        """The native sandbox has no vendor records: bills carry the vendor name, which is its id here."""
+        if not vendor_name or not vendor_name.strip():
+            raise ValueError("vendor_name is required")
+        return vendor_name.strip()
+
+    def find_bill(self, reference: str, *, bill: dict | None = None) -> str | None:
         """Remote bill id carrying our marker, or None if the ERP has none.
 
         Raises :class:`ErpUnavailableError` when the ERP cannot be asked: "no answer" must never read as

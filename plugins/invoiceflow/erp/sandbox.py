@@ -5,9 +5,13 @@ batches of at most 50 bills, a required ``Idempotency-Key`` whose first response
 per-item outcomes (the ``summarizeErrors=false`` behaviour) and read-back by our marker or by vendor + invoice
 number.
 
-The wire format is a simple native JSON dialect. The storage layer (:class:`Ledger`) is kept separate from the
-HTTP layer so that Xero/QuickBooks dialects and fault injection can later be added as extra routers or
-middleware over the same ledger.
+The default wire format (``--mode sandbox``) is a simple native JSON dialect. ``--mode xero`` and
+``--mode quickbooks`` serve those APIs' shapes over the same ledger (:mod:`invoiceflow.erp.sandbox_dialects`: OAuth
+token endpoints, per-tenant rate limits with 429, idempotency keys, Xero's ``summarizeErrors`` trap, QuickBooks
+``Fault`` objects and duplicate rule). In every mode ``--error-rate`` injects 5xx before any write,
+``--drop-rate`` commits and then drops the connection, ``--seed`` makes the schedule repeatable, ``--time-scale``
+compresses rate-limit windows, and ``GET /api/admin/ledger`` / ``GET /api/admin/stats`` show the ledger and the
+injected faults.
 
 Run it with ``serve()`` (blocking) or, in tests and demos, ``with running_sandbox(db_path) as base_url: ...``.
 """
@@ -38,6 +42,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from invoiceflow.erp.sandbox_dialects import (
+    MODES,
+    DroppedResponse,
+    Faults,
+    RateLimiter,
+    SandboxOptions,
+    install_admin,
+    install_quickbooks,
+    install_xero,
+    silence_dropped_connection_errors,
+)
+
 logger = logging.getLogger("invoiceflow.erp.sandbox")
 
 MAX_BATCH_SIZE = 50
@@ -64,6 +80,14 @@ CREATE TABLE IF NOT EXISTS bills (
 );
 CREATE INDEX IF NOT EXISTS bills_reference_idx ON bills (reference);
 CREATE INDEX IF NOT EXISTS bills_natural_key_idx ON bills (vendor_key, number_key);
+CREATE TABLE IF NOT EXISTS contacts (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    name_key   TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS contacts_name_idx ON contacts (tenant, name_key);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key           TEXT PRIMARY KEY,
     request_hash  TEXT NOT NULL,
@@ -75,8 +99,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 _BILL_COLUMNS = (
     "id, vendor_name, invoice_number, invoice_date, due_date, currency, total_amount, line_items, reference, "
-    "batch_key, created_at"
+    "batch_key, created_at, tenant, mode"
 )
+# Columns added for the Xero / QuickBooks dialects (older ledger files are upgraded in place).
+_EXTRA_BILL_COLUMNS = {
+    "tenant": "TEXT NOT NULL DEFAULT ''",
+    "mode": "TEXT NOT NULL DEFAULT 'sandbox'",
+    "remote_json": "TEXT",
+}
 _CURRENCY_RE = re.compile(r"^[A-Za-z]{3}$")
 _WHITESPACE_RE = re.compile(r"\s+")
 
@@ -202,6 +232,10 @@ class Ledger:
         with contextlib.closing(self._connect()) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            present = {r["name"] for r in conn.execute("PRAGMA table_info(bills)")}
+            for column, ddl in _EXTRA_BILL_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE bills ADD COLUMN {column} {ddl}")
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
@@ -241,6 +275,125 @@ class Ledger:
                     conn.execute("ROLLBACK")
                 raise
 
+    def idempotent_write(self, scope_key: str | None, body_hash: str, work: Any) -> StoredResponse:
+        """Run ``work(conn) -> StoredResponse`` in one write transaction, stored under ``scope_key`` if given.
+
+        A repeated key with the same body replays the stored response; with another body it raises
+        :class:`IdempotencyKeyReused`. Used by the Xero and QuickBooks dialects.
+        """
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if scope_key is not None:
+                    stored = conn.execute(
+                        "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE key = ?",
+                        (scope_key,),
+                    ).fetchone()
+                    if stored is not None:
+                        conn.execute("ROLLBACK")
+                        if stored["request_hash"] != body_hash:
+                            raise IdempotencyKeyReused(scope_key)
+                        return StoredResponse(
+                            stored["status_code"], json.loads(stored["response_body"]), True
+                        )
+                response = work(conn)
+                if scope_key is not None:
+                    conn.execute(
+                        "INSERT INTO idempotency_keys "
+                        "(key, request_hash, status_code, response_body, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (scope_key, body_hash, response.status_code, json.dumps(response.body), _now()),
+                    )
+                conn.execute("COMMIT")
+                return response
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def next_seq(conn: sqlite3.Connection) -> int:
+        return conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM bills").fetchone()[0]
+
+    @staticmethod
+    def insert_bill(conn: sqlite3.Connection, seq: int, bill_id: str, **fields: Any) -> None:
+        """Insert a dialect bill (``fields``: vendor_name, invoice_number, invoice_date, due_date, currency,
+        total_amount, line_items, reference, batch_key, tenant, mode, remote_json)."""
+        conn.execute(
+            "INSERT INTO bills (rowid, id, vendor_name, invoice_number, invoice_date, due_date, currency, "
+            "total_amount, line_items, reference, vendor_key, number_key, batch_key, created_at, tenant, mode, "
+            "remote_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                bill_id,
+                fields["vendor_name"],
+                fields["invoice_number"] or "",
+                fields.get("invoice_date"),
+                fields.get("due_date"),
+                fields.get("currency"),
+                str(fields["total_amount"]),
+                json.dumps(fields.get("line_items") or [], default=str),
+                fields.get("reference") or "",
+                normalize_key(fields["vendor_name"]),
+                normalize_key(fields["invoice_number"] or ""),
+                fields.get("batch_key"),
+                _now(),
+                fields.get("tenant") or "",
+                fields.get("mode") or "sandbox",
+                json.dumps(fields.get("remote_json"), default=str),
+            ),
+        )
+
+    def remote_bills(self, mode: str, tenant: str) -> list[dict[str, Any]]:
+        """The dialect representation of every bill of one tenant, in creation order."""
+        with contextlib.closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT remote_json FROM bills WHERE mode = ? AND tenant = ? ORDER BY rowid", (mode, tenant)
+            ).fetchall()
+        return [json.loads(r["remote_json"]) for r in rows if r["remote_json"]]
+
+    def contacts(self, tenant: str) -> list[dict[str, Any]]:
+        with contextlib.closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT id, name FROM contacts WHERE tenant = ? ORDER BY rowid", (tenant,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def contact_by_name(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT id, name FROM contacts WHERE tenant = ? AND name_key = ? ORDER BY rowid LIMIT 1",
+            (tenant, normalize_key(name)),
+        ).fetchone()
+        return dict(row) if row else None
+
+    @staticmethod
+    def contact_by_id(conn: sqlite3.Connection, tenant: str, contact_id: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT id, name FROM contacts WHERE tenant = ? AND id = ?", (tenant, contact_id)
+        ).fetchone()
+        return dict(row) if row else None
+
+    @staticmethod
+    def insert_contact(conn: sqlite3.Connection, tenant: str, contact_id: str, name: str) -> dict[str, Any]:
+        conn.execute(
+            "INSERT INTO contacts (id, tenant, name, name_key, created_at) VALUES (?, ?, ?, ?, ?)",
+            (contact_id, tenant, name, normalize_key(name), _now()),
+        )
+        return {"id": contact_id, "name": name}
+
+    def write(self, work: Any) -> Any:
+        """Run ``work(conn)`` in one write transaction (no idempotency key)."""
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def _post_one(self, conn: sqlite3.Connection, batch_key: str, item: Any) -> dict[str, Any]:
         raw_reference = item.get("reference") if isinstance(item, dict) else None
         reference = raw_reference.strip() if isinstance(raw_reference, str) else None
@@ -251,7 +404,7 @@ class Ledger:
         vendor_key = normalize_key(bill["vendor_name"])
         number_key = normalize_key(bill["invoice_number"])
         existing = conn.execute(
-            "SELECT id FROM bills WHERE reference = ? OR (vendor_key = ? AND number_key = ?) "
+            "SELECT id FROM bills WHERE mode = 'sandbox' AND (reference = ? OR (vendor_key = ? AND number_key = ?)) "
             "ORDER BY rowid LIMIT 1",
             (bill["reference"], vendor_key, number_key),
         ).fetchone()
@@ -319,16 +472,35 @@ def _error(status_code: int, code: str, message: str, headers: dict[str, str] | 
     return JSONResponse({"error": code, "message": message}, status_code=status_code, headers=headers)
 
 
-def create_app(db_path: Path, *, token: str | None = None) -> FastAPI:
+def create_app(db_path: Path, *, token: str | None = None, options: SandboxOptions | None = None) -> FastAPI:
     """Build the sandbox app over the SQLite ledger at ``db_path`` (created if missing).
 
-    If ``token`` is set, every route except ``/health`` requires ``Authorization: Bearer <token>``.
-    """
-    ledger = Ledger(db_path)
-    app = FastAPI(title="invoiceflow ERP sandbox", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.ledger = ledger
+    ``options.mode`` picks the wire dialect: ``sandbox`` (the native JSON API below), ``xero`` or ``quickbooks``
+    (:mod:`invoiceflow.erp.sandbox_dialects`). The admin routes (``/api/admin/ledger``, ``/api/admin/stats``,
+    ``POST /api/admin/revoke-tokens``) exist in every mode.
 
-    if token:
+    If ``token`` is set (native mode), every route except ``/health`` requires ``Authorization: Bearer <token>``.
+    """
+    options = options or SandboxOptions()
+    if options.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    ledger = Ledger(db_path)
+    app = FastAPI(
+        title=f"invoiceflow ERP sandbox ({options.mode})", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.ledger = ledger
+    app.state.options = options
+    faults = Faults(options)
+    app.state.faults = faults
+    install_admin(app, faults)
+    if options.drop_rate:
+        silence_dropped_connection_errors()
+    if options.mode == "xero":
+        install_xero(app, ledger, options, faults, RateLimiter(options.clock or time.monotonic))
+    elif options.mode == "quickbooks":
+        install_quickbooks(app, ledger, options, faults, RateLimiter(options.clock or time.monotonic))
+
+    if token and options.mode == "sandbox":
         expected = f"Bearer {token}".encode()
 
         @app.middleware("http")
@@ -346,7 +518,15 @@ def create_app(db_path: Path, *, token: str | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "mode": options.mode}
+
+    @app.get("/api/admin/ledger")
+    def admin_ledger() -> Response:
+        bills = ledger.find()
+        return JSONResponse({"count": len(bills), "bills": bills})
+
+    if options.mode != "sandbox":
+        return app
 
     # Async so the raw body can be hashed; the short blocking SQLite work runs in the thread pool.
     @app.post("/api/bills:batch")
@@ -370,6 +550,8 @@ def create_app(db_path: Path, *, token: str | None = None) -> FastAPI:
                 400, "batch_too_large", f"a batch holds at most {MAX_BATCH_SIZE} bills, got {len(bills)}"
             )
 
+        if (injected := faults.error()) is not None:
+            return injected
         try:
             result = await run_in_threadpool(ledger.post_batch, key, request_hash(body), bills)
         except IdempotencyKeyReused:
@@ -383,6 +565,8 @@ def create_app(db_path: Path, *, token: str | None = None) -> FastAPI:
         for item in result.body.get("results", []):
             counts[item["status"]] = counts.get(item["status"], 0) + 1
         logger.info("batch key=%s replayed=%s %s", key, result.replayed, counts)
+        if faults.drop():
+            return DroppedResponse()
         return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
     @app.get("/api/bills")
@@ -403,24 +587,32 @@ def create_app(db_path: Path, *, token: str | None = None) -> FastAPI:
             return _error(404, "not_found", f"no bill {bill_id}")
         return JSONResponse(bill)
 
-    @app.get("/api/admin/ledger")
-    def admin_ledger() -> Response:
-        bills = ledger.find()
-        return JSONResponse({"count": len(bills), "bills": bills})
-
     return app
 
 
-def serve(host: str, port: int, db_path: Path, *, token: str | None = None) -> None:
+def serve(
+    host: str, port: int, db_path: Path, *, token: str | None = None, options: SandboxOptions | None = None
+) -> None:
     """Run the sandbox in the foreground (blocking) — what ``invoiceflow erp-sandbox`` calls."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("ERP sandbox listening on %s: it is a test double, keep it off shared networks", host)
-    uvicorn.run(create_app(db_path, token=token), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(db_path, token=token, options=options),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+    )
 
 
 @contextlib.contextmanager
 def running_sandbox(
-    db_path: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    db_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    options: SandboxOptions | None = None,
+    **option_kwargs: Any,
 ) -> Iterator[str]:
     """Run the sandbox on a background thread for the duration of a ``with`` block; yields its base URL.
 
@@ -431,8 +623,10 @@ def running_sandbox(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
+    if option_kwargs:
+        options = SandboxOptions(**{**(vars(options) if options else {}), **option_kwargs})
     config = uvicorn.Config(
-        create_app(db_path, token=token),
+        create_app(db_path, token=token, options=options),
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -478,13 +672,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="INVOICEFLOW_ERP_TOKEN",
         help="environment variable holding the bearer token to require (unset = no auth)",
     )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sandbox",
+        help="wire dialect: native sandbox API, Xero or QuickBooks Online",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed for the fault schedule (repeatable runs)"
+    )
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of calls answered 500/503 before any write"
+    )
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.0, help="share of writes committed, then the connection dropped"
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="divide rate-limit windows (60: 60 calls/min becomes 60 calls/s)",
+    )
+    parser.add_argument("--minute-limit", type=int, default=60, help="Xero calls per minute and tenant")
+    parser.add_argument("--concurrent-limit", type=int, default=5, help="Xero calls in flight per tenant")
+    parser.add_argument("--day-limit", type=int, default=5000, help="Xero calls per day and tenant")
+    parser.add_argument(
+        "--qbo-batch-limit", type=int, default=40, help="QuickBooks batch calls per minute and realm"
+    )
+    parser.add_argument(
+        "--qbo-allow-duplicates",
+        action="store_true",
+        help="QuickBooks: accept duplicate DocNumbers (default: the 'warn on duplicate' preference, error 6140)",
+    )
+    parser.add_argument("--token-ttl", type=float, default=1800.0, help="access-token lifetime in seconds")
+    parser.add_argument("--client-id", default=None, help="OAuth client id to require (default: accept any)")
+    parser.add_argument(
+        "--client-secret-env",
+        default="INVOICEFLOW_ERP_CLIENT_SECRET",
+        help="environment variable holding the OAuth client secret to require with --client-id",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> SandboxOptions:
+    if args.time_scale <= 0:
+        raise SystemExit("--time-scale must be > 0")
+    return SandboxOptions(
+        mode=args.mode,
+        seed=args.seed,
+        error_rate=args.error_rate,
+        drop_rate=args.drop_rate,
+        time_scale=args.time_scale,
+        minute_limit=args.minute_limit,
+        concurrent_limit=args.concurrent_limit,
+        day_limit=args.day_limit,
+        qbo_batch_limit=args.qbo_batch_limit,
+        qbo_duplicate_check=not args.qbo_allow_duplicates,
+        token_ttl=args.token_ttl,
+        client_id=args.client_id,
+        client_secret=os.environ.get(args.client_secret_env) if args.client_id else None,
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> None:
-    """Start the server from ``add_arguments`` options; the token comes from the environment, not argv."""
+    """Start the server from ``add_arguments`` options; secrets come from the environment, not argv."""
     token = os.environ.get(args.token_env) or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.host, args.port, args.db, token=token)
+    serve(args.host, args.port, args.db, token=token, options=options_from_args(args))
 
 
 if __name__ == "__main__":

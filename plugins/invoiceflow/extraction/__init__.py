@@ -1,4 +1,4 @@
-"""Offline invoice extraction: exact e-invoice XML first, then the PDF text layer; images await OCR.
+"""Offline invoice extraction: exact e-invoice XML first, then the PDF text layer, then OCR (rapidocr).
 
 Public API (used by the DAGs and the API service)::
 
@@ -13,18 +13,17 @@ import logging
 from typing import Any
 
 from .einvoice import embedded_xml, parse_einvoice_xml
-from .fields import extract_header, extract_line_items
+from .fields import extract_document
 from .model import (
     ExtractionResult,
     PageExtraction,
     UnsupportedDocument,
     default_schema,
     empty_result,
-    schema_fields,
     shape_result,
 )
 from .sniff import detect_type
-from .textlayer import read_pdf_text
+from .textlayer import MIN_WORDS_FOR_TEXT_LAYER, PageText, read_pdf_text
 
 __all__ = [
     "ExtractionResult",
@@ -44,11 +43,12 @@ def _blank_pages(count: int, schema: dict[str, Any] | None) -> list[PageExtracti
     ]
 
 
-def _image_page_count(data: bytes) -> int:
-    from PIL import Image
+def _image_frames(data: bytes) -> list[Any]:
+    """Every frame of an image file (multi-page TIFF) as a PIL image."""
+    from PIL import Image, ImageSequence
 
     with Image.open(io.BytesIO(data)) as img:
-        return max(int(getattr(img, "n_frames", 1) or 1), 1)
+        return [frame.convert("L") for frame in ImageSequence.Iterator(img)]
 
 
 def _einvoice_result(
@@ -63,42 +63,58 @@ def _einvoice_result(
     return ExtractionResult(pages=[first, *rest], source=source)
 
 
-def _text_layer_result(data: bytes, schema: dict[str, Any] | None) -> ExtractionResult:
-    header_fields, _items_key, _item_fields = schema_fields(schema)
+def _read_pages(data: bytes, kind: str) -> tuple[list[PageText], str]:
+    """Positioned words per page: the PDF text layer, OCR for images and for pages with too little text."""
+    if kind != "pdf":
+        from .ocr import ocr_images
+
+        return ocr_images(_image_frames(data)), "ocr"
+    texts = read_pdf_text(data)
+    thin = [
+        i
+        for i, p in enumerate(texts)
+        if p.word_count < MIN_WORDS_FOR_TEXT_LAYER and (p.has_images or not p.lines)
+    ]
+    if not thin:
+        return texts, "text-layer"
+    from .ocr import OCR_DPI, ocr_image
+    from .pdf import render_pages
+
+    for index, image in zip(thin, render_pages(data, dpi=OCR_DPI, pages=thin), strict=True):
+        try:
+            scanned = ocr_image(image, index + 1)
+        except Exception as exc:  # OCR trouble must degrade to the (thin) text layer
+            log.warning("OCR failed on page %d: %s", index + 1, exc)
+            continue
+        if scanned.word_count > texts[index].word_count:
+            texts[index] = scanned
+    if len(thin) == len(texts):
+        return texts, "ocr"
+    return texts, "text-layer+ocr"
+
+
+def _visual_result(data: bytes, kind: str, schema: dict[str, Any] | None) -> ExtractionResult:
     try:
-        texts = read_pdf_text(data)
-    except Exception as exc:  # pdfium opened it in detect_type; still never crash on odd files
-        log.warning("text layer unreadable: %s", exc)
+        texts, source = _read_pages(data, kind)
+    except Exception as exc:  # detect_type vetted the file; still never crash on odd files
+        log.warning("document unreadable: %s", exc)
         return ExtractionResult(pages=_blank_pages(1, schema), source="none")
     if not any(page.has_text for page in texts):
-        return ExtractionResult(pages=_blank_pages(len(texts), schema), source="none")
-
-    per_page: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-    carried = None
-    for index, page in enumerate(texts):
-        if not page.has_text:
-            per_page.append(({}, []))
-            carried = None
-            continue
-        try:
-            values = extract_header(page, first_page=index == 0)
-            items, carried = extract_line_items(page, carried)
-        except Exception as exc:  # a heuristic bug must degrade to "not found", not to a failed task
-            log.warning("field extraction failed on page %d: %s", index + 1, exc)
-            values, items, carried = {}, [], None
-        per_page.append((values, items))
-
-    found = {f for values, _ in per_page for f, v in values.items() if v is not None and f in header_fields}
-    doc_conf = round(len(found) / len(header_fields), 3) if header_fields else 0.0
+        return ExtractionResult(pages=_blank_pages(len(texts) or 1, schema), source="none")
+    try:
+        per_page, confidence = extract_document(texts, schema)
+    except Exception as exc:  # a heuristic bug must degrade to "not found", not to a failed task
+        log.warning("field extraction failed: %s", exc)
+        return ExtractionResult(pages=_blank_pages(len(texts), schema), source=source)
     pages = [
         PageExtraction(
             page_number=page.page_number,
             result=shape_result(schema, values, items),
-            confidence=doc_conf if page.has_text else 0.0,
+            confidence=confidence if page.has_text else 0.0,
         )
         for page, (values, items) in zip(texts, per_page, strict=True)
     ]
-    return ExtractionResult(pages=pages, source="text-layer")
+    return ExtractionResult(pages=pages, source=source)
 
 
 def extract_pages(
@@ -107,8 +123,8 @@ def extract_pages(
     """Extract schema fields page by page.
 
     E-invoice XML (embedded Factur-X/ZUGFeRD or standalone CII/UBL) is read exactly and put on page 1;
-    otherwise the PDF text layer is parsed with label rules.  Images and image-only PDFs return empty pages
-    (source "none") until OCR is added.  ``use_einvoice=False`` ignores XML so the visual path can be
+    otherwise the PDF text layer is parsed with label rules; images and pages with too little text are
+    OCR'd offline (source "ocr" or "text-layer+ocr").  ``use_einvoice=False`` ignores XML so the visual path can be
     evaluated on e-invoices.  Raises UnsupportedDocument for files that cannot be read at all.
     """
     schema = schema or default_schema()
@@ -123,7 +139,7 @@ def extract_pages(
         return _einvoice_result(parsed, 1, schema)
 
     if kind in ("png", "jpeg", "tiff"):
-        return ExtractionResult(pages=_blank_pages(_image_page_count(data), schema), source="none")
+        return _visual_result(data, kind, schema)
 
     if use_einvoice:
         xml = embedded_xml(data)
@@ -132,4 +148,4 @@ def extract_pages(
             from .pdf import pdf_page_count
 
             return _einvoice_result(parsed, pdf_page_count(data), schema)
-    return _text_layer_result(data, schema)
+    return _visual_result(data, kind, schema)

@@ -21,38 +21,55 @@ LABELS: dict[str | None, list[str]] = {
         "invoice no", "invoice number", "invoice #", "invoice nr", "invoice id", "inv no", "inv #",
         "rechnungsnummer", "rechnung nr", "rechnungs-nr", "rechnungsnr", "rechnung-nr", "rechnungs nr",
         "belegnummer", "beleg-nr", "facture n°", "numéro de facture", "factuurnummer", "invoice",
+        "n° de facture", "facture no", "factuur nr", "factuurnr", "número de factura", "nº factura", "factura nº",
+        "factura n°", "num. factura", "numero fattura", "fattura n", "fattura n.", "n. fattura", "rechnung nr.",
     ],
     "invoice_date": [
         "invoice date", "date", "date of issue", "issue date", "issued", "rechnungsdatum", "datum",
-        "belegdatum", "ausstellungsdatum", "date de facture", "factuurdatum",
+        "belegdatum", "beleg-datum", "ausstellungsdatum", "date de facture", "factuurdatum", "date d'émission",
+        "fecha", "fecha de factura", "fecha de emisión", "data", "data fattura", "data documento", "datum factuur",
     ],
     "due_date": [
         "due date", "payment due", "due", "due on", "pay by", "fällig", "fällig am", "fälligkeit",
         "fälligkeitsdatum", "zahlbar bis", "zahlungsziel", "échéance", "date d'échéance", "vervaldatum",
+        "vervaldag", "fecha de vencimiento", "vencimiento", "scadenza", "data scadenza", "bitte überweisen sie bis zum",
+        "zahlbar bis zum", "payable by", "à payer avant le",
     ],
     "subtotal": [
         "subtotal", "sub-total", "sub total", "net", "net amount", "net total", "total net", "total excl. vat",
         "total excl vat", "nettobetrag", "netto", "zwischensumme", "summe netto", "gesamt netto",
         "gesamtbetrag netto", "warenwert netto", "rechnungssumme ohne ust", "total ht", "montant ht",
+        "summe ohne ust", "rechnungssumme ohne ust.", "base imponible", "subtotaal", "totaal excl. btw",
+        "totaal excl btw", "imponibile", "totale imponibile", "total hors taxes", "netto bedrag", "nettobedrag",
     ],
     "tax_amount": [
         "tax", "vat", "sales tax", "total tax", "total taxes", "total vat", "tax amount", "vat amount", "tax total", "mwst", "mwst.",
         "ust", "ust.", "umsatzsteuer", "mehrwertsteuer", "steuerbetrag", "zzgl. mwst", "zzgl. ust",
-        "plus vat", "tva", "btw", "montant tva",
+        "plus vat", "tva", "btw", "montant tva", "total taxes", "total tva", "zuzügl. ust", "zuzügl. mwst",
+        "steuerbetrag in", "iva", "total iva", "cuota iva", "importe iva", "imposta", "totale iva", "iva totale",
+        "btw bedrag", "totaal btw", "mwst-betrag", "ust.-betrag", "ust-betrag", "steuer",
     ],
     "total_amount": [
         "total", "total due", "amount due", "grand total", "total amount", "invoice total", "balance due",
         "total payable", "amount payable", "gesamtbetrag", "bruttobetrag", "gesamtsumme", "rechnungsbetrag",
         "endbetrag", "zahlbetrag", "bruttosumme", "summe brutto", "gesamt brutto", "gesamtbetrag brutto",
-        "total ttc", "totaal", "te betalen",
+        "total ttc", "totaal", "te betalen", "bruttosumme", "summe inkl. ust", "summe inkl. mwst",
+        "total factura", "importe total", "totale fattura", "totale documento", "totale", "totaal incl. btw",
+        "totaal incl btw", "net à payer", "montant ttc", "total a pagar", "da pagare", "endsumme",
     ],
     "purchase_order_number": [
         "po", "po number", "po no", "po #", "p.o.", "p.o. number", "p.o. no", "purchase order",
         "purchase order no", "purchase order number", "order", "order no", "order number", "order #",
         "your order", "customer order", "bestellnummer", "bestell-nr", "bestellnr", "bestellung",
         "ihre bestellung", "ihre bestellnummer", "auftragsnummer", "auftrags-nr", "bon de commande",
+        "votre référence", "n° de commande", "numéro de commande", "commande", "bestelnummer", "inkoopordernummer",
+        "uw referentie", "pedido", "nº pedido", "número de pedido", "orden de compra", "ordine", "ordine n",
+        "numero ordine", "rif. ordine", "bestell-nr.", "bestellung nr", "order ref", "order reference",
     ],
-    "vendor_name": ["from", "seller", "vendor", "supplier", "lieferant", "verkäufer", "rechnungssteller"],
+    "vendor_name": [
+        "from", "seller", "vendor", "supplier", "lieferant", "verkäufer", "rechnungssteller", "vendeur",
+        "fournisseur", "émetteur", "verkoper", "leverancier", "fornitore", "cedente", "proveedor", "vendedor", "emisor",
+    ],
     None: [
         "order date", "delivery date", "date of delivery", "lieferdatum", "bestelldatum", "leistungsdatum",
         "liefer- und leistungsdatum", "tax id", "tax no", "tax number", "vat id", "vat no", "vat number",
@@ -61,6 +78,10 @@ LABELS: dict[str | None, list[str]] = {
         "page", "seite", "total quantity", "invoice to", "invoice address", "due in", "net 30",
         "tax rate", "vat rate", "steuersatz", "order reference date", "bill to", "ship to", "sold to",
         "rechnungsempfänger", "rechnungsadresse", "lieferadresse", "lieferanschrift", "kunde", "customer",
+        "bestell-datum", "lieferschein-datum", "leistungs-datum", "auftrag-datum", "positionssumme", "gesamtbetrag der zuschläge", "gesamtbetrag der abschläge",
+        "n° tva", "n° tva client", "tva intracommunautaire", "btw-nummer", "btw nr", "partita iva", "p. iva",
+        "cif", "nif", "steuersatz", "datum levering", "date de livraison", "fecha de entrega", "data consegna",
+        "facture liée", "ursprungsbeleg-nr", "kunden-nr", "kunden-nr.", "lieferschein-nr", "réf. marché",
     ],
 }  # fmt: skip
 
@@ -104,16 +125,19 @@ ITEM_COLUMNS: dict[str, set[str]] = {
     "description": {
         "description", "item", "items", "article", "product", "service", "services", "details",
         "beschreibung", "bezeichnung", "artikel", "artikelbezeichnung", "leistung", "leistungen",
-        "désignation", "omschrijving", "produkt",
+        "désignation", "omschrijving", "produkt", "descripción", "descripcion", "concepto", "artículo",
+        "descrizione", "articolo", "prodotto", "libellé", "produit", "positionen",
     },
-    "quantity": {"qty", "qty.", "quantity", "menge", "anzahl", "qté", "quantité", "aantal", "hours", "units", "stk"},
+    "quantity": {"qty", "qty.", "quantity", "menge", "anzahl", "qté", "quantité", "aantal", "hours", "units", "stk",
+                 "cantidad", "cant.", "quantità", "qtà", "q.tà", "uds"},
     "unit_price": {
         "price", "rate", "unit price", "unit cost", "einzelpreis", "preis", "e-preis", "stückpreis",
-        "nettopreis", "prix", "prix unitaire", "p.u.", "prijs", "ep",
+        "nettopreis", "prix", "prix unitaire", "p.u.", "prijs", "ep", "precio", "precio unitario", "prezzo",
+        "prezzo unitario", "stuksprijs",
     },
     "line_total": {
         "amount", "total", "line total", "gesamt", "gesamtpreis", "betrag", "nettobetrag", "summe", "montant",
-        "total ht", "bedrag", "gesamtbetrag", "net amount",
+        "total ht", "bedrag", "gesamtbetrag", "net amount", "importe", "importo", "totaal", "totale",
     },
 }  # fmt: skip
 
@@ -141,6 +165,8 @@ class Candidate:
     value: Any
     label: str
     order: int
+    page: int = 0
+    score: float = 1.0
 
 
 def _id_value(text: str, *, reject_dates: bool) -> str | None:
@@ -195,7 +221,8 @@ def _segment_below(lines: list[Line], index: int, seg: Segment) -> Segment | Non
 
 _DMY_HINTS = re.compile(
     r"\b(rechnung\w*|\w*datum|mwst|ust|\w*betrag|fällig\w*|menge|summe|netto|brutto|facture|tva|échéance|"
-    r"montant|factuur\w*|btw|totaal)\b",
+    r"montant|factuur\w*|btw|totaal|factura|fattura|iva|fecha|importe|totale|scadenza|vencimiento|datum|"
+    r"bedrag|vervaldatum)\b",
     re.IGNORECASE,
 )
 
@@ -205,27 +232,148 @@ def _prefers_dmy(text: str) -> bool:
     return _DMY_HINTS.search(text) is not None
 
 
+_LEGAL_FORM = re.compile(
+    r"\b(gmbh|ag|kg|ohg|ug|e\.k\.|gbr|mbh|ltd|limited|llc|inc|corp|plc|llp|co\.|sarl|sas|sa|s\.a\.|eurl|sasu|"
+    r"bv|b\.v\.|nv|n\.v\.|vof|srl|s\.r\.l\.|spa|s\.p\.a\.|snc|sl|s\.l\.|slu|s\.a\.u\.|a\.g\.|e\.v\.|kgaa)(?=\W|$)",
+    re.IGNORECASE,
+)
+_BUYER_HEADINGS = (
+    "bill to", "billed to", "invoice to", "sold to", "ship to", "customer", "buyer", "käufer", "kunde",
+    "rechnungsempfänger", "warenempfänger", "leistungsempfänger", "client", "destinataire", "facturé à",
+    "klant", "afnemer", "cliente", "destinatario", "facturar a", "adresse de livraison",
+)  # fmt: skip
+_LABEL_LINE = re.compile(r"^[^:]{1,40}:")
+_NAME_LABELS = ("name", "firma", "company", "raison sociale", "nom", "naam", "nombre", "ragione sociale")
+_TITLE_RE = re.compile(
+    r"(?:^|\s)(?:\w*rechnung\w*|\w*invoice|facture|avoir|factuur|fattura|factura|gutschrift|credit note|nota di credito)"
+    r"(?:\s*\(\d+\))?\s*(?:nr\.?|no\.?|n[°º]\.?|#|number|nummer|num\.?|número|numero|n\.)?\s*:?\s*"
+    r"(?P<id>[A-Za-z]{0,8}[-/]?[0-9][\w\-/.]*)"
+    r"(?:\s+(?:vom|du|dated|of|del|van|dd\.?|from)\s+(?P<date>.+))?",
+    re.IGNORECASE,
+)
+
+
+def _is_label_text(text: str) -> bool:
+    return bool(_LABEL_LINE.match(text.strip())) or match_label(text) is not None
+
+
+def _clean_name(text: str) -> str | None:
+    text = text.strip(" :|,;-")
+    letters = sum(ch.isalpha() for ch in text)
+    if letters < 2 or letters < 0.5 * len(text.replace(" ", "")):
+        return None
+    return text
+
+
+def _vendor_below(lines: list[Line], index: int, seg: Segment) -> str | None:
+    """The seller's name in the block under a "Seller:"-style heading (skips ids, takes a "Name:" field)."""
+    pending: list[str] = []
+    for nxt in lines[index + 1 : index + 6]:
+        cands = [c for c in nxt.segments if c.x1 > seg.x0 - 4 and c.x0 < max(seg.x1, seg.x0 + 150)]
+        if not cands:
+            continue
+        cell = cands[0]
+        text = cell.text.strip()
+        low = norm(text)
+        if low.startswith(_BUYER_HEADINGS):
+            break
+        if _LABEL_LINE.match(text) or low.rstrip(":") in _NAME_LABELS:
+            label = low.split(":", 1)[0].strip()
+            if label in _NAME_LABELS:
+                rest = text.split(":", 1)[1].strip() if ":" in text else ""
+                value = rest or (
+                    nxt.segments[nxt.segments.index(cell) + 1].text if cell is not nxt.segments[-1] else ""
+                )
+                name = _clean_name(value)
+                if name:
+                    return " ".join([*pending, name])
+            continue
+        if low.startswith(("gln", "lief-nr", "tel", "fax")) or sum(ch.isdigit() for ch in text) > 4:
+            continue
+        name = _clean_name(text)
+        if name is None:
+            continue
+        if pending or _LEGAL_FORM.search(name):
+            return " ".join([*pending, name])
+        # A name without a legal form may wrap onto a "Name:" field just below; wait one line for it.
+        pending.append(name)
+        if len(pending) > 1:
+            return pending[0]
+    return pending[0] if pending else None
+
+
 def _vendor_from_top(lines: list[Line]) -> str | None:
-    for line in lines[:6]:
+    """No seller heading: the first company-like line at the top, else the first plain text line."""
+    buyer_until = -1
+    fallback = None
+    for li, line in enumerate(lines[:15]):
         for seg in line.segments:
             text = seg.text.strip()
             low = norm(text).strip(" :")
-            if not any(ch.isalpha() for ch in text) or low in TITLE_WORDS:
+            if low.startswith(_BUYER_HEADINGS):
+                buyer_until = li + 4
                 continue
-            if match_label(text) is not None:
+            if li <= buyer_until or not any(ch.isalpha() for ch in text) or low in TITLE_WORDS:
                 continue
-            return text
-    return None
+            if _is_label_text(text) or "@" in text or "http" in low or "(c)" in low:
+                continue
+            name = _clean_name(text.split(" - ")[0])
+            if name is None:
+                continue
+            if _LEGAL_FORM.search(name):
+                return name
+            if fallback is None and li < 6:
+                fallback = name
+    return fallback
 
 
-def extract_header(page: PageText, *, first_page: bool) -> dict[str, Any]:
-    """Header fields found on one page (missing ones absent)."""
+def _title_candidates(line: Line, prefer_dmy: bool) -> dict[str, Any]:
+    """ "Rechnung Nr. 471102 vom 05.06.2018" / "Invoice # A-1 dated ..." / "Facture FA-2017-9"."""
+    m = _TITLE_RE.search(line.text)
+    if not m:
+        return {}
+    ident = m.group("id").rstrip(".,;:")
+    if parse_date(ident) or not any(ch.isdigit() for ch in ident) or len(ident) < 3:
+        return {}
+    out: dict[str, Any] = {"invoice_number": ident}
+    if m.group("date"):
+        issued = parse_date(m.group("date"), prefer_dmy=prefer_dmy)
+        if issued:
+            out["invoice_date"] = issued
+    return out
+
+
+# Gross-total labels beat "amount due" (which is net of prepayments) unless the arithmetic says otherwise.
+_PAYABLE = {"zahlbetrag", "amount due", "balance due", "te betalen", "total due", "net à payer", "amount payable",
+            "total payable", "da pagare", "total a pagar"}  # fmt: skip
+
+
+def _label_score(fld: str, label: str) -> float:
+    if fld == "total_amount":
+        if label in _PAYABLE:
+            return 1.0
+        if label in STRONG_TOTAL or len(label) > 6:
+            return 2.0
+        return 1.2
+    if fld == "tax_amount" and label in ("steuer", "tax", "iva"):
+        return 0.8
+    return 1.5 if len(label) > 4 else 1.0
+
+
+def collect_candidates(page: PageText, page_index: int, prefer_dmy: bool) -> dict[str, list[Candidate]]:
+    """Every (field, value) a label rule finds on one page, in reading order."""
     lines = page.lines
-    full_text = "\n".join(line.text for line in lines)
-    prefer_dmy = _prefers_dmy(full_text)
     found: dict[str, list[Candidate]] = {}
     order = 0
+
+    def add(fld: str, value: Any, label: str, score: float) -> None:
+        nonlocal order
+        order += 1
+        found.setdefault(fld, []).append(Candidate(value, label, order, page_index, score))
+
     for li, line in enumerate(lines):
+        for fld, value in _title_candidates(line, prefer_dmy).items():
+            add(fld, value, "title", 2.5 if li < 12 else 1.0)
         segments = line.segments
         for si, seg in enumerate(segments):
             hit = match_label(seg.text)
@@ -234,43 +382,160 @@ def extract_header(page: PageText, *, first_page: bool) -> dict[str, Any]:
             fld, label, rest = hit
             if fld is None:
                 continue
+            if fld == "vendor_name":
+                if rest and seg.text.split()[0].rstrip().endswith(":"):
+                    name = _clean_name(rest)
+                elif not rest:
+                    name = _vendor_below(lines, li, seg)
+                else:
+                    name = None
+                if name:
+                    add(fld, name, label, 2.0)
+                continue
             value = _value_for(fld, rest, prefer_dmy)
             if value is None and si + 1 < len(segments):
-                nxt = segments[si + 1].text
-                if match_label(nxt) is None and not nxt.rstrip().endswith(":"):
-                    value = _value_for(fld, nxt, prefer_dmy)
+                right = []
+                for nxt in segments[si + 1 :]:
+                    if match_label(nxt.text) is not None and fld not in MONEY_FIELDS:
+                        break
+                    if _is_label_text(nxt.text) and nxt.text.strip() not in (":",) and fld in MONEY_FIELDS:
+                        break
+                    right.append(nxt.text)
+                    if fld not in MONEY_FIELDS:
+                        break
+                joined = " ".join(right)
+                if joined and not joined.rstrip().endswith(":"):
+                    value = _value_for(fld, joined, prefer_dmy)
             if value is None and not rest and fld not in MONEY_FIELDS and label != "invoice":
                 below = _segment_below(lines, li, seg)
                 if below is not None and match_label(below.text) is None and not below.text.endswith(":"):
                     value = _value_for(fld, below.text, prefer_dmy)
             if value is not None:
-                order += 1
-                found.setdefault(fld, []).append(Candidate(value, label, order))
+                add(fld, value, label, _label_score(fld, label))
+    return found
 
-    out: dict[str, Any] = {}
-    for fld, cands in found.items():
-        if fld == "total_amount":
-            strong = [c for c in cands if c.label in STRONG_TOTAL]
-            out[fld] = (strong or cands)[-1].value
-        elif fld in MONEY_FIELDS:
-            out[fld] = cands[-1].value
-        else:
-            out[fld] = cands[0].value
-    if "vendor_name" not in out and first_page:
-        vendor = _vendor_from_top(lines)
-        if vendor:
-            out["vendor_name"] = vendor
-    currency = None
-    for line in lines:
-        segs = line.segments
-        if segs and norm(segs[0].text).strip(" :").startswith(_CURRENCY_LABELS):
-            currency = detect_currency(line.text)
-            if currency:
+
+def _doc_prefers_dmy(pages: list[PageText]) -> bool:
+    """Slash-date order from the document itself (a part > 12 decides), else from its language."""
+    text = "\n".join(line.text for page in pages for line in page.lines)
+    dmy = mdy = 0
+    for a, b in re.findall(r"(?<!\d)(\d{1,2})/(\d{1,2})/\d{2,4}(?!\d)", text):
+        dmy += int(a) > 12
+        mdy += int(b) > 12
+    if dmy != mdy:
+        return dmy > mdy
+    return _prefers_dmy(text)
+
+
+def _near(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) < 0.005
+
+
+def _choose_money(
+    found: dict[str, list[Candidate]], line_sum: float | None, printed: list[set[float]]
+) -> dict[str, Candidate]:
+    """Pick subtotal, tax and total jointly: label strength, then subtotal + tax = total, Σ lines = subtotal."""
+    subs: list[Candidate | None] = [*found.get("subtotal", []), None]
+    taxes: list[Candidate | None] = [*found.get("tax_amount", []), None]
+    totals: list[Candidate | None] = [*found.get("total_amount", []), None]
+    best: tuple[float, tuple[Candidate | None, ...]] | None = None
+    for s in subs[-6:] if len(subs) > 6 else subs:
+        for t in taxes[-8:] if len(taxes) > 8 else taxes:
+            for g in totals[-6:] if len(totals) > 6 else totals:
+                score = sum(
+                    c.score + 0.01 * c.order / 1000 + 0.001 * c.page for c in (s, t, g) if c is not None
+                )
+                if s and t and g and _near(round(s.value + t.value, 2), g.value):
+                    score += 4.0
+                elif s and g and t is None and _near(s.value, g.value):
+                    score += 0.5
+                if s and line_sum is not None and _near(s.value, line_sum):
+                    score += 1.0
+                if best is None or score > best[0]:
+                    best = (score, (s, t, g))
+    chosen: dict[str, Candidate] = {}
+    if best is None:
+        return chosen
+    s, t, g = best[1]
+    for fld, cand in (("subtotal", s), ("tax_amount", t), ("total_amount", g)):
+        if cand is not None:
+            chosen[fld] = cand
+    if s is not None and g is not None and (t is None or not _near(round(s.value + t.value, 2), g.value)):
+        # The tax printed without a recognised label (e.g. a tax breakdown table): take it if it is printed.
+        diff = round(g.value - s.value, 2)
+        for index, amounts in enumerate(printed):
+            if any(_near(diff, a) for a in amounts) and diff >= 0:
+                chosen["tax_amount"] = Candidate(diff, "arithmetic", 0, index, 1.0)
                 break
-    currency = currency or detect_currency(full_text)
-    if currency:
-        out["currency"] = currency
+    return chosen
+
+
+def _page_amounts(page: PageText) -> set[float]:
+    out: set[float] = set()
+    for line in page.lines:
+        for seg in line.segments:
+            out.update(find_amounts(seg.text))
     return out
+
+
+def extract_header_document(
+    pages: list[PageText], line_sum: float | None = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Header values per page (each value on the page it was read from) and a confidence per field."""
+    prefer_dmy = _doc_prefers_dmy(pages)
+    found: dict[str, list[Candidate]] = {}
+    for index, page in enumerate(pages):
+        if not page.has_text:
+            continue
+        for fld, cands in collect_candidates(page, index, prefer_dmy).items():
+            found.setdefault(fld, []).extend(cands)
+    chosen: dict[str, Candidate] = {}
+    for fld, cands in found.items():
+        if fld in MONEY_FIELDS:
+            continue
+        chosen[fld] = max(cands, key=lambda c: (c.score, -c.page, -c.order))
+    if "vendor_name" not in chosen and pages and pages[0].has_text:
+        vendor = _vendor_from_top(pages[0].lines)
+        if vendor:
+            chosen["vendor_name"] = Candidate(vendor, "top", 0, 0, 0.5)
+    money = _choose_money(found, line_sum, [_page_amounts(p) for p in pages])
+    chosen.update(money)
+    confidence: dict[str, float] = {}
+    for fld, cand in chosen.items():
+        agree = (
+            fld in MONEY_FIELDS
+            and len(money) == 3
+            and _near(
+                round(money["subtotal"].value + money["tax_amount"].value, 2), money["total_amount"].value
+            )
+        )
+        confidence[fld] = 0.95 if agree else round(min(0.9, 0.4 + 0.2 * cand.score), 2)
+    currency_page, currency = _find_currency(pages)
+    per_page: list[dict[str, Any]] = [{} for _ in pages]
+    for fld, cand in chosen.items():
+        per_page[cand.page][fld] = cand.value
+    if currency:
+        per_page[currency_page]["currency"] = currency
+        confidence["currency"] = 0.9
+    return per_page, confidence
+
+
+def _find_currency(pages: list[PageText]) -> tuple[int, str | None]:
+    """A labelled currency ("Währung: EUR", "Currency GBP") wins; else the first code or symbol printed."""
+    for index, page in enumerate(pages):
+        for line in page.lines:
+            low = norm(line.text)
+            for label in (*_CURRENCY_LABELS, "rechnungswährung", "moneda", "divisa", "valuta", "munt"):
+                pos = low.find(label)
+                if pos == 0 or (pos > 0 and low[pos - 1] == " " and pos < 20):
+                    code = detect_currency(line.text[pos + len(label) :])
+                    if code:
+                        return index, code
+    for index, page in enumerate(pages):
+        code = detect_currency("\n".join(line.text for line in page.lines))
+        if code:
+            return index, code
+    return 0, None
 
 
 # ---------------------------------------------------------------- line items
@@ -300,11 +565,41 @@ def _column_kind(text: str) -> str:
 
 
 def _header_columns(line: Line) -> list[Column] | None:
+    """Columns if this line is a line-item table header: a description column plus a numeric column."""
     cols = [Column(_column_kind(seg.text), seg.x0, seg.x1) for seg in line.segments]
-    kinds = {c.kind for c in cols}
-    if "description" in kinds and "line_total" in kinds and ({"quantity", "unit_price"} & kinds):
+    kinds = [c.kind for c in cols]
+    if "description" in kinds and ({"quantity", "unit_price", "line_total"} & set(kinds)) and len(cols) >= 3:
+        if "line_total" not in kinds:  # the amount column is the rightmost one whatever its title
+            numeric = [c for c in cols if c.kind != "description"]
+            numeric[-1].kind = "line_total" if numeric[-1].kind == "other" else numeric[-1].kind
         return cols
     return None
+
+
+_TABLE_END = re.compile(
+    r"aufschlüsselung|breakdown|récapitulatif|belegsummen|summary|riepilogo|resumen|zahlungsbedingungen|"
+    r"payment terms|conditions de paiement|betalingsvoorwaarden",
+    re.IGNORECASE,
+)
+_CODE_RE = re.compile(r"^[\d\W]+$|^[A-Z0-9\-./]{2,12}$")
+
+
+def _desc_text(line: Line, limit: float) -> str | None:
+    """The most word-like text left of the numeric columns (skips position numbers and article codes)."""
+    best: str | None = None
+    for seg in line.segments:
+        if seg.x0 >= limit - 2:
+            break
+        words = [w.text for w in seg.words if w.x1 <= limit + 2]
+        while words and (_CODE_RE.match(words[0]) and len(words) > 1):
+            words = words[1:]
+        text = " ".join(words).strip()
+        letters = sum(ch.isalpha() for ch in text)
+        if letters < 2 or _CODE_RE.match(text) or ":" in text[:25]:
+            continue
+        if best is None or letters > sum(ch.isalpha() for ch in best):
+            best = text
+    return best
 
 
 def _assign(seg: Segment, columns: list[Column]) -> Column:
@@ -349,22 +644,91 @@ def extract_line_items(
 ) -> tuple[list[dict[str, Any]], list[Column] | None]:
     """Rows of the line-item table on this page, and the columns to carry to the next page.
 
-    Columns are carried when the table runs off the bottom of the page without reaching the totals, so a
-    continuation page without a repeated header still yields its rows.
+    A row is anchored on a line with an amount in the line-total column; its description is the most
+    word-like text on that line or, for layouts that print codes or the total on a line of their own, on
+    the lines since the previous row.  Columns are carried when the table runs off the page without
+    reaching the totals, so a continuation page without a repeated header still yields its rows.
     """
     items: list[dict[str, Any]] = []
     columns = carried_columns
     in_table = carried_columns is not None
+    pending: list[Line] = []
     for line in page.lines:
         header = _header_columns(line)
         if header is not None:
-            columns, in_table = header, True
+            columns, in_table, pending = header, True, []
             continue
         if not in_table or columns is None:
             continue
+        first = line.segments[0].text if line.segments else ""
+        hit = match_label(first)
+        if (hit is not None and hit[0] in TOTAL_LABEL_FIELDS) or _TABLE_END.search(line.text):
+            row = _parse_row(line, columns)
+            if row["quantity"] is None and row["unit_price"] is None:
+                return items, None
+        if _is_totals_line(line):
+            row = _parse_row(line, columns)
+            if row["quantity"] is None and row["unit_price"] is None:
+                return items, None
+        total_col = next((c for c in reversed(columns) if c.kind == "line_total"), columns[-1])
+        numeric_x0 = min(
+            (c.x0 for c in columns if c.kind in ("quantity", "unit_price", "line_total")), default=0
+        )
+        total_seg = None
+        for seg in reversed(line.segments):
+            if (
+                seg.x1 >= total_col.x0 - 5
+                and _MONEY_RE.search(seg.text)
+                and parse_amount(seg.text) is not None
+            ):
+                total_seg = seg
+                break
+        if total_seg is None:
+            pending.append(line)
+            if len(pending) > 6:
+                pending = pending[-6:]
+            continue
         row = _parse_row(line, columns)
-        if _is_totals_line(line) and row["quantity"] is None and row["unit_price"] is None:
-            return items, None
-        if row["line_total"] is not None and row["description"]:
+        row["line_total"] = parse_amount(total_seg.text)
+        desc = row["description"]
+        if not desc or _CODE_RE.match(desc) or sum(ch.isalpha() for ch in desc) < 2:
+            desc = _desc_text(line, numeric_x0)
+            for prev in reversed(pending):
+                if desc:
+                    break
+                desc = _desc_text(prev, numeric_x0)
+        pending = []
+        if desc and row["line_total"] is not None:
+            row["description"] = desc
             items.append(row)
     return items, (columns if in_table else None)
+
+
+def extract_document(
+    pages: list[PageText], schema: dict[str, Any] | None = None
+) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], float]:
+    """Header values and line items per page, plus one document confidence.
+
+    The confidence is the mean per-field confidence over the schema's header fields (0 for a field not
+    found), so a document whose totals add up scores higher than one where they were guessed.
+    """
+    from .model import schema_fields
+
+    header_fields, _items_key, _item_fields = schema_fields(schema)
+    items_per_page: list[list[dict[str, Any]]] = []
+    carried = None
+    for page in pages:
+        if not page.has_text:
+            items_per_page.append([])
+            carried = None
+            continue
+        items, carried = extract_line_items(page, carried)
+        items_per_page.append(items)
+    totals = [i["line_total"] for items in items_per_page for i in items if i.get("line_total") is not None]
+    line_sum = round(sum(totals), 2) if totals else None
+    values, field_conf = extract_header_document(pages, line_sum)
+    per_page = list(zip(values, items_per_page, strict=True))
+    if not header_fields:
+        return per_page, 0.0
+    confidence = round(sum(field_conf.get(f, 0.0) for f in header_fields) / len(header_fields), 3)
+    return per_page, confidence

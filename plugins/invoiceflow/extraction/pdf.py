@@ -34,3 +34,18 @@ def open_pdf(data: bytes) -> Iterator[Any]:
 def pdf_page_count(data: bytes) -> int:
     with open_pdf(data) as pdf:
         return len(pdf)
+
+
+def render_pages(data: bytes, dpi: int = 200, pages: list[int] | None = None) -> list[Any]:
+    """PIL images of the PDF's pages (all, or the given 0-based indexes), rendered under the PDFium lock."""
+    images: list[Any] = []
+    with open_pdf(data) as pdf:
+        for index in pages if pages is not None else range(len(pdf)):
+            page = pdf[index]
+            try:
+                bitmap = page.render(scale=dpi / 72.0, grayscale=True)
+                images.append(bitmap.to_pil().copy())
+                bitmap.close()
+            finally:
+                page.close()
+    return images

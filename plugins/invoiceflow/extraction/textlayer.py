@@ -9,7 +9,8 @@ from invoiceflow.extraction.pdf import open_pdf
 
 log = logging.getLogger(__name__)
 
-MIN_WORDS_FOR_TEXT = 3  # fewer words than this on a page means "image-only" (OCR territory)
+MIN_WORDS_FOR_TEXT = 3  # fewer words than this on a page means "no text"
+MIN_WORDS_FOR_TEXT_LAYER = 20  # fewer words than this: the page is (mostly) an image, OCR it
 
 
 @dataclass
@@ -90,6 +91,7 @@ class PageText:
     width: float
     height: float
     lines: list[Line]
+    has_images: bool = True  # unknown counts as "may be a scan", so thin pages still get OCR'd
 
     @property
     def word_count(self) -> int:
@@ -143,7 +145,8 @@ def _page_words(page) -> list[Word]:  # type: ignore[no-untyped-def]
     return words
 
 
-def _group_lines(words: list[Word]) -> list[Line]:
+def group_lines(words: list[Word]) -> list[Line]:
+    """Words into reading lines (by vertical centre), each sorted left to right; lines top to bottom."""
     lines: list[Line] = []
     for word in sorted(words, key=lambda w: (round(w.top + w.height / 2, 1), w.x0)):
         mid = word.top + word.height / 2
@@ -163,6 +166,7 @@ def _group_lines(words: list[Word]) -> list[Line]:
 def read_pdf_text(data: bytes) -> list[PageText]:
     """Every page of the PDF as lines of positioned words; a page that fails to parse comes back empty."""
     import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
 
     pages: list[PageText] = []
     with open_pdf(data) as pdf:
@@ -175,7 +179,14 @@ def read_pdf_text(data: bytes) -> list[PageText]:
                 continue
             try:
                 words = _page_words(page)
-                pages.append(PageText(index + 1, page.get_width(), page.get_height(), _group_lines(words)))
+                images = any(
+                    True for _ in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=2)
+                )
+                pages.append(
+                    PageText(
+                        index + 1, page.get_width(), page.get_height(), group_lines(words), has_images=images
+                    )
+                )
             except Exception as exc:  # a broken content stream must not sink the document
                 log.warning("text layer of page %d unreadable: %s", index + 1, exc)
                 pages.append(PageText(index + 1, page.get_width(), page.get_height(), []))

@@ -148,6 +148,9 @@ def parse_date(text: str, *, prefer_dmy: bool | None = None) -> str | None:
     m = re.search(r"(?<!\d)(\d{1,2})\.\s?(\d{1,2})\.\s?(\d{4}|\d{2})(?!\d)", s)
     if m:
         return _mk(int(m[3]), int(m[2]), int(m[1]))
+    m = re.search(r"(?<!\d)(\d{1,2})-(\d{1,2})-(\d{4})(?!\d)", s)
+    if m:  # dd-mm-yyyy (NL, FR, IT); yyyy-mm-dd was handled above
+        return _mk(int(m[3]), int(m[2]), int(m[1]))
     m = re.search(r"(?<!\d)(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?!\d)", s)
     if m:
         a, b, y = int(m[1]), int(m[2]), int(m[3])

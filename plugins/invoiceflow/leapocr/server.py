@@ -8,11 +8,19 @@ checks on completion, 202 results while a job runs, 200 + JSON on delete, and er
 
 Extraction is delegated to :mod:`invoiceflow.extraction` (imported lazily inside the job) so the server stays
 a thin transport layer and a broken engine fails jobs instead of the whole server.
+
+Fault injection (``ServerSettings`` fields, ``--help`` flags) lets clients be tested against the failures the
+hosted API produces: random 429s with ``Retry-After``, 5xx, failed jobs, a concurrent-job limit, a credit
+balance (402 ``LESS_CREDITS``) and dropped connections, all drawn from one ``random.Random(seed)``. Faults hit
+the API routes only and are decided before a route acts, so a faulted submit never creates a job; the one
+deliberate exception is ``drop_after_commit_rate`` (the job exists, the answer is lost). ``GET /_admin/stats``
+exposes counters so tests can prove that nothing was submitted twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -20,19 +28,22 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import socket
+import struct
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,6 +54,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from invoiceflow.extraction.pdf import open_pdf, pdf_page_count
 
@@ -74,6 +86,20 @@ SUFFIXES = {
 TEMPLATES = {"invoice": "invoice.json", "invoice-extraction": "invoice.json"}
 
 PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"
+DEFAULT_UPLOAD_TTL = 900.0  # the docs' example presigned URLs expire 15 minutes after creation
+SERVER_ERRORS = (500, 502, 503)
+MUTATING_METHODS = frozenset({"POST", "DELETE"})
+TRANSPORT_SCOPE_KEY = "invoiceflow.transport"
+FAULT_KEYS = (
+    "429",
+    "5xx",
+    "dropped",
+    "dropped_after_commit",
+    "failed_jobs",
+    "concurrency_429",
+    "credits_402",
+    "expired_uploads",
+)
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -86,6 +112,12 @@ class ServerSettings:
     ``public_url`` is the server root that clients can reach (e.g. ``http://127.0.0.1:8000``); presigned
     upload URLs must be absolute, so they are built from it. An empty string means "use the URL the request
     came in on". ``part_size`` sets the presigned part size (small values force multipart in tests).
+
+    The keyword-only fields inject faults; their defaults mean "no faults", so existing callers are unchanged.
+    Rates are shares of API requests (``drop_rate + rate_429 + rate_5xx <= 1``, one draw decides which) or,
+    for ``fail_rate``, of submitted jobs. ``credits=None`` is an unlimited balance, ``max_concurrent_jobs=None``
+    no limit. ``upload_ttl`` expires direct uploads that are never completed, so an abandoned upload (e.g.
+    after a lost answer) does not hold a concurrency slot forever.
     """
 
     api_key: str
@@ -94,6 +126,17 @@ class ServerSettings:
     latency_per_page: float = 0.0
     data_dir: Path | None = None
     part_size: int = DEFAULT_PART_SIZE
+    _: KW_ONLY
+    rate_429: float = 0.0
+    retry_after: float = 1.0
+    rate_5xx: float = 0.0
+    fail_rate: float = 0.0
+    max_concurrent_jobs: int | None = None
+    credits: int | None = None
+    drop_rate: float = 0.0
+    drop_after_commit_rate: float = 0.0
+    seed: int | None = None
+    upload_ttl: float = DEFAULT_UPLOAD_TTL
 
     def __post_init__(self) -> None:
         if not self.api_key or not self.api_key.strip():
@@ -104,6 +147,24 @@ class ServerSettings:
             raise ValueError("latency_per_page must be >= 0")
         if self.part_size < 1:
             raise ValueError("part_size must be >= 1")
+        for name in ("rate_429", "rate_5xx", "fail_rate", "drop_rate", "drop_after_commit_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.drop_rate + self.rate_429 + self.rate_5xx > 1.0 + 1e-9:
+            raise ValueError("drop_rate + rate_429 + rate_5xx must not exceed 1")
+        if self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+        if self.max_concurrent_jobs is not None and self.max_concurrent_jobs < 1:
+            raise ValueError("max_concurrent_jobs must be >= 1 (or None for no limit)")
+        if self.credits is not None and self.credits < 0:
+            raise ValueError("credits must be >= 0 (or None for unlimited)")
+        if self.upload_ttl <= 0:
+            raise ValueError("upload_ttl must be > 0")
+
+    @property
+    def request_fault_rate(self) -> float:
+        """Share of API requests answered with a fault before the route acts."""
+        return self.drop_rate + self.rate_429 + self.rate_5xx
 
 
 # ----------------------------------------------------------------------------------------------------- errors
@@ -112,20 +173,29 @@ class ServerSettings:
 class ApiError(Exception):
     """An error that becomes a LeapOCR-shaped JSON error response (the SDK reads ``error.message``)."""
 
-    def __init__(self, status_code: int, code: str, message: str) -> None:
+    def __init__(
+        self, status_code: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
+        self.headers = headers
+
+
+class ConnectionDropped(Exception):
+    """Raised after an injected drop reset the socket; its handler answers into the void without logging."""
 
 
 class JobFailure(Exception):
     """A job-level failure whose message is shown to clients as ``error_message``."""
 
 
-def _error_response(status_code: int, code: str, message: str) -> JSONResponse:
+def _error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"code": code, "error": {"message": message}, "details": None}
-    return JSONResponse(body, status_code=status_code)
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _code_for_status(status_code: int) -> str:
@@ -178,6 +248,20 @@ class Options:
     instructions: str | None
     template_slug: str | None
 
+    @property
+    def credits_per_page(self) -> int:
+        """Pricing from the docs: model rate plus 1 per page for structured output."""
+        return MODEL_CREDITS[self.model] + (self.result_format == "structured")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What one API request suffers, drawn before the route acts (``kind``: drop, 429, 5xx or None)."""
+
+    kind: str | None = None
+    status: int = 0
+    drop_after_commit: bool = False
+
 
 @dataclass
 class Job:
@@ -200,6 +284,10 @@ class Job:
     pages: list[dict[str, Any]] = field(default_factory=list)
     error_message: str | None = None
     credits_used: int = 0
+    created_mono: float = field(default_factory=time.monotonic)
+    file_sha256: str | None = None
+    reserved_credits: int = 0
+    inject_failure: bool = False
 
 
 # ----------------------------------------------------------------------------------------------- blob storage
@@ -496,6 +584,20 @@ class OcrService:
         self._blobs = BlobStore(settings.data_dir)
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="leapocr-job")
+        # Fault and accounting state; all of it is guarded by ``_lock``, the RNG included, so a seed and a
+        # request sequence fix the fault sequence.
+        self._rng = random.Random(settings.seed)
+        self._balance = settings.credits
+        self._reserved = 0
+        self._charged = 0
+        self._created = 0
+        self._submitted = 0
+        self._by_sha: Counter[str] = Counter()
+        self._by_url: Counter[str] = Counter()
+        self._outcomes: Counter[str] = Counter()
+        self._faults: Counter[str] = Counter()
+        self._active: set[str] = set()
+        self._awaiting_upload: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -516,16 +618,137 @@ class OcrService:
         job = Job(str(uuid.uuid4()), file_name, file_size, content_type, options, _now())
         job.parts = _split_parts(file_size, self.settings.part_size)
         with self._lock:
-            self._jobs[job.id] = job
+            self._admit(options)
+            self._register(job)
+            self._awaiting_upload.add(job.id)
         return job
 
     def create_from_url(self, url: str, options: Options) -> Job:
+        """Queue a URL job; credits for one page are reserved now and topped up once the document is fetched."""
         name = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or "document"
         job = Job(str(uuid.uuid4()), name[:MAX_FILE_NAME], 0, "", options, _now(), source_url=url)
         with self._lock:
-            self._jobs[job.id] = job
+            self._admit(options)
+            self._reserve(job, 1)
+            self._register(job)
+            self._by_url[url] += 1
             self._submit(job)
         return job
+
+    def _register(self, job: Job) -> None:
+        """Caller holds the lock."""
+        self._jobs[job.id] = job
+        self._active.add(job.id)
+        self._created += 1
+
+    def _admit(self, options: Options) -> None:
+        """Refuse a new job when no credit is left for one page (402) or the concurrency limit is hit (429)."""
+        self._expire_uploads()
+        if self._balance is not None and self._available() < options.credits_per_page:
+            self._faults["credits_402"] += 1
+            raise ApiError(402, "LESS_CREDITS", f"insufficient credits: {self._available()} available")
+        limit = self.settings.max_concurrent_jobs
+        if limit is not None and len(self._active) >= limit:
+            self._faults["concurrency_429"] += 1
+            raise ApiError(
+                429,
+                "TOO_MANY_REQUESTS",
+                f"too many concurrent jobs: at most {limit} may be pending or processing",
+                headers=self.retry_headers(),
+            )
+
+    def _available(self) -> int:
+        return (self._balance or 0) - self._reserved
+
+    def _reserve(self, job: Job, pages: int) -> None:
+        """Reserve credits for ``pages`` (at least one); raises 402 LESS_CREDITS if the balance cannot cover it.
+
+        Caller holds the lock. Like the hosted API, credits are reserved at submission, charged on success and
+        refunded on failure (``_release``).
+        """
+        needed = max(pages, 1) * job.options.credits_per_page
+        extra = needed - job.reserved_credits
+        if extra <= 0:
+            return
+        if self._balance is not None and extra > self._available():
+            self._faults["credits_402"] += 1
+            raise ApiError(
+                402,
+                "LESS_CREDITS",
+                f"insufficient credits: the job needs {needed}, "
+                f"{self._available() + job.reserved_credits} available",
+            )
+        self._reserved += extra
+        job.reserved_credits = needed
+
+    def _release(self, job: Job, charge: int) -> None:
+        """End a job's claim on credits and the concurrency limit; caller holds the lock."""
+        self._reserved -= job.reserved_credits
+        job.reserved_credits = 0
+        self._charged += charge
+        if self._balance is not None:
+            self._balance -= charge
+        self._active.discard(job.id)
+        self._awaiting_upload.discard(job.id)
+
+    def _expire_uploads(self) -> None:
+        """Fail direct uploads never completed within ``upload_ttl``; caller holds the lock."""
+        cutoff = time.monotonic() - self.settings.upload_ttl
+        for job_id in [j for j in self._awaiting_upload if self._jobs[j].created_mono < cutoff]:
+            job = self._jobs[job_id]
+            job.status, job.error_message = FAILED, "upload was not completed before its URLs expired"
+            job.completed_at = job.updated_at = _now()
+            self._release(job, 0)
+            self._outcomes[FAILED] += 1
+            self._faults["expired_uploads"] += 1
+            self._blobs.delete(job_id)
+
+    # -- faults and introspection ----------------------------------------------------------------------------
+
+    def retry_headers(self) -> dict[str, str]:
+        return {"Retry-After": f"{self.settings.retry_after:g}"}
+
+    def draw_fault(self, mutating: bool) -> Fault:
+        """Decide one API request's fate with a single draw, so the sequence depends only on seed and order."""
+        s = self.settings
+        with self._lock:
+            if s.request_fault_rate:
+                r = self._rng.random()
+                if r < s.drop_rate:
+                    self._faults["dropped"] += 1
+                    return Fault("drop")
+                if r < s.drop_rate + s.rate_429:
+                    self._faults["429"] += 1
+                    return Fault("429", 429)
+                if r < s.request_fault_rate:
+                    self._faults["5xx"] += 1
+                    return Fault("5xx", self._rng.choice(SERVER_ERRORS))
+            if mutating and s.drop_after_commit_rate:
+                return Fault(drop_after_commit=self._rng.random() < s.drop_after_commit_rate)
+            return Fault()
+
+    def count_fault(self, name: str) -> None:
+        with self._lock:
+            self._faults[name] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and operators; ``jobs_submitted`` counts jobs queued for processing (billable)."""
+        with self._lock:
+            self._expire_uploads()
+            return {
+                "jobs_created": self._created,
+                "jobs_submitted": self._submitted,
+                "jobs_by_file_sha256": dict(self._by_sha),
+                "jobs_by_source_url": dict(self._by_url),
+                "active_jobs": len(self._active),
+                "jobs_completed": self._outcomes[COMPLETED],
+                "jobs_failed": self._outcomes[FAILED],
+                "credits_remaining": None if self._balance is None else self._available(),
+                "credits_reserved": self._reserved,
+                "credits_charged": self._charged,
+                "faults": {key: self._faults[key] for key in FAULT_KEYS},
+                "seed": self.settings.seed,
+            }
 
     def upload_signature(self, job_id: str, part: int) -> str:
         """HMAC over job and part so storage URLs act like presigned URLs without an API key."""
@@ -542,53 +765,78 @@ class OcrService:
                 raise ApiError(404, "NOT_FOUND", f"part {part} does not exist for job {job_id}")
             if job.submitted:
                 raise ApiError(409, "CONFLICT", "upload already completed")
+            if job.status == FAILED:
+                raise ApiError(403, "FORBIDDEN", "presigned URL expired")
         if len(data) != spec.size:
             raise _invalid(f"part {part} must be {spec.size} bytes, got {len(data)}")
         self._blobs.put(job_id, part, data)
         return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def complete(self, job_id: str, parts: Any) -> Job:
-        """Check ETags and size, then queue the job; repeats of a completed upload are answered as is."""
+        """Check ETags and size, reserve credits for the page count, then queue the job.
+
+        Repeats of a completed upload are answered as is. A 402 leaves the upload un-submitted, so the client may
+        complete it later or delete it.
+        """
         with self._lock:
             job = self._get(job_id)
             if job.submitted:
                 return job
+            if job.status == FAILED:
+                raise ApiError(409, "CONFLICT", job.error_message or "upload can no longer be completed")
             expected = job.parts
-        self._verify_parts(job_id, expected, job.file_size, parts)
+        data = self._verify_parts(job_id, expected, job.file_size, parts)
+        sha256 = hashlib.sha256(data).hexdigest()
+        pages = count_pages(data, sniff_content_type(data) or job.content_type)
         with self._lock:
             job = self._get(job_id)
             if not job.submitted:
+                self._reserve(job, pages)
+                job.file_sha256 = sha256
+                job.total_pages = pages
+                self._by_sha[sha256] += 1
+                self._awaiting_upload.discard(job.id)
                 self._submit(job)
             return job
 
-    def _verify_parts(self, job_id: str, expected: tuple[PartSpec, ...], file_size: int, parts: Any) -> None:
-        """Like S3's CompleteMultipartUpload: every part once, matching ETags, and the declared total size."""
+    def _verify_parts(self, job_id: str, expected: tuple[PartSpec, ...], file_size: int, parts: Any) -> bytes:
+        """Like S3's CompleteMultipartUpload: every part once, matching ETags, and the declared total size.
+
+        Returns the assembled document.
+        """
         if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
             raise _invalid("parts must be a list of {part_number, etag} objects")
         etags = {p.get("part_number"): str(p.get("etag", "")).strip().strip('"') for p in parts}
         numbers = sorted(k for k in etags if isinstance(k, int))
         if len(parts) != len(expected) or numbers != [p.number for p in expected]:
             raise _invalid(f"expected parts 1..{len(expected)}, each exactly once")
-        size = 0
+        chunks = []
         for spec in expected:
             data = self._blobs.get(job_id, spec.number)
             if data is None:
                 raise _invalid(f"part {spec.number} was not uploaded")
             if hashlib.md5(data, usedforsecurity=False).hexdigest() != etags[spec.number]:
                 raise _invalid(f"etag mismatch for part {spec.number}")
-            size += len(data)
-        if size != file_size:
-            raise _invalid(f"uploaded {size} bytes but file_size is {file_size}")
+            chunks.append(data)
+        document = b"".join(chunks)
+        if len(document) != file_size:
+            raise _invalid(f"uploaded {len(document)} bytes but file_size is {file_size}")
+        return document
 
     def _submit(self, job: Job) -> None:
-        """Queue a job; caller holds the lock."""
+        """Queue a job and decide now (not in a worker) whether it fails, so the seed fixes the outcome."""
         job.submitted = True
         job.updated_at = _now()
+        self._submitted += 1
+        if self.settings.fail_rate:
+            job.inject_failure = self._rng.random() < self.settings.fail_rate
         self._executor.submit(self._run_job, job.id)
 
     def delete(self, job_id: str) -> None:
+        """Remove a job; a job deleted while running gets its credit reservation back."""
         with self._lock:
-            self._get(job_id)
+            job = self._get(job_id)
+            self._release(job, 0)
             del self._jobs[job_id]
         self._blobs.delete(job_id)
 
@@ -633,17 +881,41 @@ class OcrService:
                 raise JobFailure(
                     f"unsupported content type {content_type or 'unknown'!r} at {job.source_url}"
                 )
-            self._update(job.id, file_size=len(data), content_type=content_type)
+            self._fetched(job.id, data, content_type)
             return data, content_type
         data = self._blobs.assemble(job.id, job.parts)
         return data, sniff_content_type(data) or job.content_type
 
+    def _fetched(self, job_id: str, data: bytes, content_type: str) -> None:
+        """Record a URL job's content and top up its one-page credit reservation to the real page count."""
+        sha256, pages = hashlib.sha256(data).hexdigest(), count_pages(data, content_type)
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobFailure("job was deleted")
+            job.file_size, job.content_type, job.file_sha256 = len(data), content_type, sha256
+            self._by_sha[sha256] += 1
+            try:
+                self._reserve(job, pages)
+            except ApiError as exc:
+                raise JobFailure(exc.message) from exc
+
     def _publish(self, job_id: str, pages: list[dict[str, Any]]) -> None:
-        """Release pages one by one so status polls see progress (and latency emulates a remote service)."""
-        if self._update(job_id, total_pages=len(pages), processed_pages=0) is None:
+        """Release pages one by one so status polls see progress (and latency emulates a remote service).
+
+        A job picked by ``fail_rate`` fails half-way, after spending the latency of the pages it got through.
+        """
+        job = self._update(job_id, total_pages=len(pages), processed_pages=0)
+        if job is None:
             return
-        for page in sorted(pages, key=lambda p: p["page_number"]):
+        fail_at = math.ceil(len(pages) / 2) if job.inject_failure else 0
+        for number, page in enumerate(sorted(pages, key=lambda p: p["page_number"]), start=1):
             if self.settings.latency_per_page and self._stopping.wait(self.settings.latency_per_page):
+                return
+            if number == fail_at:
+                self.count_fault("failed_jobs")
+                message = f"Failed to process page {page['page_number']} (simulated by fail_rate)"
+                self._finish(job_id, FAILED, error_message=message)
                 return
             with self._lock:
                 job = self._jobs.get(job_id)
@@ -656,13 +928,23 @@ class OcrService:
             job = self._jobs.get(job_id)
             if job is None:
                 return
-            rate = MODEL_CREDITS[job.options.model] + (job.options.result_format == "structured")
-            credits = len(job.pages) * rate
+            credits = len(job.pages) * job.options.credits_per_page
         self._finish(job_id, COMPLETED, credits_used=credits)
 
     def _finish(self, job_id: str, status: str, **changes: Any) -> None:
-        now = _now()
-        self._update(job_id, status=status, completed_at=now, **changes)
+        """Terminal transition: charge on success, refund the reservation on failure, free the slot."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return  # deleted meanwhile; delete() already released it
+            if status == FAILED:
+                job.pages, job.credits_used = [], 0
+            for name, value in changes.items():
+                setattr(job, name, value)
+            job.status = status
+            job.completed_at = job.updated_at = _now()
+            self._release(job, job.credits_used if status == COMPLETED else 0)
+            self._outcomes[status] += 1
         self._blobs.delete(job_id)
 
     # -- views -----------------------------------------------------------------------------------------------
@@ -732,19 +1014,66 @@ def _storage_url(
     return f"{root}{STORAGE_PREFIX}/{job_id}/{part}?signature={service.upload_signature(job_id, part)}"
 
 
-def _api_router(settings: ServerSettings, service: OcrService) -> APIRouter:
+def _drop_connection(request: Request) -> NoReturn:
+    """Reset the client's TCP connection without an answer, as a crashing load balancer would.
+
+    SO_LINGER 0 turns the close into an RST, which httpx reports as ``ReadError`` (a transport error the SDK
+    retries). Needs the uvicorn transport that ``_OfflineApp`` puts into the scope.
+    """
+    transport = request.scope.get(TRANSPORT_SCOPE_KEY)
+    if transport is None:
+        raise RuntimeError("connection drops need the uvicorn HTTP/1.1 server (running_server or serve)")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    raise ConnectionDropped
+
+
+def _require_api_key(settings: ServerSettings) -> Any:
     def require_api_key(request: Request) -> None:
         supplied = request.headers.get("x-api-key", "")
         if not hmac.compare_digest(supplied.encode(), settings.api_key.encode()):
             raise ApiError(401, "AUTHENTICATION_ERROR", "invalid API key")
 
-    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_api_key)])
+    return require_api_key
+
+
+def _api_router(settings: ServerSettings, service: OcrService) -> APIRouter:
+    async def inject_faults(request: Request) -> None:
+        """Runs after auth and before the route reads its body, so a faulted request changes nothing."""
+        fault = service.draw_fault(request.method in MUTATING_METHODS)
+        request.state.fault = fault
+        if fault.kind == "drop":
+            _drop_connection(request)
+        if fault.kind == "429":
+            raise ApiError(
+                429,
+                "TOO_MANY_REQUESTS",
+                "rate limit exceeded (simulated by rate_429)",
+                headers=service.retry_headers(),
+            )
+        if fault.kind == "5xx":
+            raise ApiError(fault.status, "SYSTEM_ERROR", "internal server error (simulated by rate_5xx)")
+
+    def after_commit(request: Request) -> None:
+        """The real-world trap: the server acted, but the client never hears about it."""
+        fault: Fault | None = getattr(request.state, "fault", None)
+        if fault is not None and fault.drop_after_commit:
+            service.count_fault("dropped_after_commit")
+            _drop_connection(request)
+
+    router = APIRouter(
+        prefix=API_PREFIX, dependencies=[Depends(_require_api_key(settings)), Depends(inject_faults)]
+    )
 
     @router.post("/ocr/uploads/direct")
     async def upload_direct(request: Request) -> dict[str, Any]:
         body = await _json_object(request)
         file_name, file_size, content_type = _parse_file_fields(body)
         job = service.create_direct(file_name, file_size, content_type, parse_options(body))
+        after_commit(request)
         parts = [
             {
                 "part_number": p.number,
@@ -762,12 +1091,14 @@ def _api_router(settings: ServerSettings, service: OcrService) -> APIRouter:
             "total_chunks": len(parts),
             "parts": parts,
             "complete_url": f"{API_PREFIX}/ocr/uploads/{job.id}/complete",
+            "expires_at": _ts(job.created_at + timedelta(seconds=settings.upload_ttl)),
         }
 
     @router.post("/ocr/uploads/{job_id}/complete")
     async def upload_complete(job_id: str, request: Request) -> dict[str, Any]:
         body = await _json_object(request)
         job = await run_in_threadpool(service.complete, job_id, body.get("parts"))
+        after_commit(request)
         status = service.status_body(job.id)
         return {
             "job_id": job.id,
@@ -781,6 +1112,7 @@ def _api_router(settings: ServerSettings, service: OcrService) -> APIRouter:
         body = await _json_object(request)
         url = _parse_url(body)
         job = service.create_from_url(url, parse_options(body))
+        after_commit(request)
         status = service.status_body(job.id)
         return {
             "job_id": job.id,
@@ -801,8 +1133,9 @@ def _api_router(settings: ServerSettings, service: OcrService) -> APIRouter:
         return JSONResponse(body, status_code=status_code)
 
     @router.delete("/ocr/delete/{job_id}")
-    async def delete_job(job_id: str) -> dict[str, Any]:
+    async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         await run_in_threadpool(service.delete, job_id)
+        after_commit(request)
         return {"message": "Job deleted successfully"}
 
     return router
@@ -820,10 +1153,29 @@ def _storage_router(service: OcrService) -> APIRouter:
     return router
 
 
+def _admin_router(settings: ServerSettings, service: OcrService) -> APIRouter:
+    """Introspection outside the LeapOCR contract; never faulted, but it needs the API key like the API."""
+    router = APIRouter(prefix="/_admin", dependencies=[Depends(_require_api_key(settings))])
+
+    @router.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return service.stats()
+
+    return router
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status_code, exc.code, exc.message)
+        return _error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ConnectionDropped)
+    async def dropped(request: Request, _: ConnectionDropped) -> Response:
+        log.info("dropped the connection of %s %s (fault injection)", request.method, request.url.path)
+        # Let uvicorn notice the lost connection first, so it discards this response instead of logging it.
+        for _tick in range(3):
+            await asyncio.sleep(0)
+        return Response(status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -841,6 +1193,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(500, "SYSTEM_ERROR", "internal server error")
 
 
+class _OfflineApp(FastAPI):
+    """FastAPI that keeps uvicorn's transport in the scope, so an injected drop can reset the socket.
+
+    uvicorn's ``send`` is a bound method of its request cycle, which holds the transport; Starlette's middleware
+    wraps ``send`` later, so this is the one place where it is still reachable.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is not None:
+                scope[TRANSPORT_SCOPE_KEY] = transport
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the offline LeapOCR app; its worker pool is shut down with the app's lifespan."""
     service = OcrService(settings)
@@ -852,7 +1219,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             service.shutdown()
 
-    app = FastAPI(title="invoiceflow offline LeapOCR", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = _OfflineApp(title="invoiceflow offline LeapOCR", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.settings = settings
     _install_error_handlers(app)
@@ -864,6 +1231,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app.include_router(_api_router(settings, service))
     app.include_router(_storage_router(service))
+    app.include_router(_admin_router(settings, service))
     return app
 
 
@@ -884,6 +1252,16 @@ def serve(
     public_url: str | None = None,
     part_size: int = DEFAULT_PART_SIZE,
     data_dir: Path | None = None,
+    rate_429: float = 0.0,
+    retry_after: float = 1.0,
+    rate_5xx: float = 0.0,
+    fail_rate: float = 0.0,
+    max_concurrent_jobs: int | None = None,
+    credits: int | None = None,
+    drop_rate: float = 0.0,
+    drop_after_commit_rate: float = 0.0,
+    seed: int | None = None,
+    upload_ttl: float = DEFAULT_UPLOAD_TTL,
 ) -> None:
     """Run the server in the foreground (blocking) with uvicorn's one-line-per-request access log."""
     settings = ServerSettings(
@@ -893,6 +1271,16 @@ def serve(
         latency_per_page=latency_per_page,
         data_dir=data_dir,
         part_size=part_size,
+        rate_429=rate_429,
+        retry_after=retry_after,
+        rate_5xx=rate_5xx,
+        fail_rate=fail_rate,
+        max_concurrent_jobs=max_concurrent_jobs,
+        credits=credits,
+        drop_rate=drop_rate,
+        drop_after_commit_rate=drop_after_commit_rate,
+        seed=seed,
+        upload_ttl=upload_ttl,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=True)
 
@@ -908,10 +1296,21 @@ def running_server(
     part_size: int = DEFAULT_PART_SIZE,
     data_dir: Path | None = None,
     startup_timeout: float = 10.0,
+    rate_429: float = 0.0,
+    retry_after: float = 1.0,
+    rate_5xx: float = 0.0,
+    fail_rate: float = 0.0,
+    max_concurrent_jobs: int | None = None,
+    credits: int | None = None,
+    drop_rate: float = 0.0,
+    drop_after_commit_rate: float = 0.0,
+    seed: int | None = None,
+    upload_ttl: float = DEFAULT_UPLOAD_TTL,
 ) -> Iterator[str]:
     """Run the server in a background thread and yield its SDK base URL (``http://host:port/api/v1``).
 
-    The socket is bound before the app is built so that ``port=0`` still yields absolute upload URLs.
+    The socket is bound before the app is built so that ``port=0`` still yields absolute upload URLs. The
+    fault keywords are those of ``ServerSettings``; ``GET <root>/_admin/stats`` reports what happened.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -919,7 +1318,24 @@ def running_server(
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
     root = _default_public_url(host, bound_port) or f"http://127.0.0.1:{bound_port}"
-    settings = ServerSettings(api_key, root, workers, latency_per_page, data_dir, part_size)
+    settings = ServerSettings(
+        api_key,
+        root,
+        workers,
+        latency_per_page,
+        data_dir,
+        part_size,
+        rate_429=rate_429,
+        retry_after=retry_after,
+        rate_5xx=rate_5xx,
+        fail_rate=fail_rate,
+        max_concurrent_jobs=max_concurrent_jobs,
+        credits=credits,
+        drop_rate=drop_rate,
+        drop_after_commit_rate=drop_after_commit_rate,
+        seed=seed,
+        upload_ttl=upload_ttl,
+    )
     config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)  # signal handlers are skipped automatically off the main thread
     thread = threading.Thread(
@@ -939,13 +1355,108 @@ def running_server(
         sock.close()
 
 
+def _share(value: str) -> float:
+    """argparse type for a rate between 0 and 1."""
+    try:
+        share = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from exc
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return share
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``invoiceflow leapocr-server`` options (the main CLI delegates here, so flags live with the server)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8484)
     parser.add_argument("--api-key", help="the only X-API-KEY served (default: $LEAPOCR_API_KEY)")
     parser.add_argument("--workers", type=int, default=2, help="jobs processed at once")
-    parser.add_argument("--latency", type=float, default=0.0, help="extra seconds of processing per page")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="extra seconds of processing per page"
+    )
+    faults = parser.add_argument_group(
+        "fault injection",
+        "Faults hit the /api/v1 routes (not /health, the storage PUTs or /_admin/stats) and are decided before "
+        "a route acts, so a faulted submit creates no job. One draw per request picks drop, 429 or 5xx, so "
+        "--drop-rate + --rate-429 + --rate-5xx must not exceed 1. GET /_admin/stats (with the API key) "
+        "counts jobs per content hash and faults.",
+    )
+    faults.add_argument(
+        "--rate-429",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="share of API requests answered 429 TOO_MANY_REQUESTS with a Retry-After header",
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="Retry-After seconds on every 429 (default: 1; fractions are sent as e.g. 0.5)",
+    )
+    faults.add_argument(
+        "--rate-5xx",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="share of API requests answered 500/502/503 SYSTEM_ERROR",
+    )
+    faults.add_argument(
+        "--fail-rate",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="share of submitted jobs that end 'failed' half-way with an error_message (credits refunded)",
+    )
+    faults.add_argument(
+        "--max-concurrent-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N jobs pending or processing (from upload start until completed/failed/deleted); "
+        "more submissions get 429 with Retry-After (default: no limit)",
+    )
+    faults.add_argument(
+        "--credits",
+        type=int,
+        default=None,
+        metavar="N",
+        help="credit balance: reserved per page at submission, charged on success, refunded on failure; "
+        "a job that does not fit gets 402 LESS_CREDITS (default: unlimited)",
+    )
+    faults.add_argument(
+        "--drop-rate",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="share of API requests whose connection is reset without an answer, before the server acts",
+    )
+    faults.add_argument(
+        "--drop-after-commit-rate",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="share of POST/DELETE requests that take effect (e.g. the job IS created) but whose answer "
+        "is lost to a reset connection",
+    )
+    faults.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the one random generator behind every fault, so the same request sequence "
+        "meets the same faults (default: unseeded)",
+    )
+    faults.add_argument(
+        "--upload-ttl",
+        type=float,
+        default=DEFAULT_UPLOAD_TTL,
+        metavar="S",
+        help="seconds after which an uncompleted direct upload expires and frees its concurrency slot "
+        f"(default: {DEFAULT_UPLOAD_TTL:g})",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -957,5 +1468,25 @@ def run_from_args(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    serve(args.host, args.port, api_key, workers=args.workers, latency_per_page=args.latency)
+    try:
+        serve(
+            args.host,
+            args.port,
+            api_key,
+            workers=args.workers,
+            latency_per_page=args.latency,
+            rate_429=args.rate_429,
+            retry_after=args.retry_after,
+            rate_5xx=args.rate_5xx,
+            fail_rate=args.fail_rate,
+            max_concurrent_jobs=args.max_concurrent_jobs,
+            credits=args.credits,
+            drop_rate=args.drop_rate,
+            drop_after_commit_rate=args.drop_after_commit_rate,
+            seed=args.seed,
+            upload_ttl=args.upload_ttl,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

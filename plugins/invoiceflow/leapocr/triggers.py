@@ -1,29 +1,131 @@
-"""Poll the LeapOCR jobs of one batch from the triggerer, concurrently, without blocking its event loop."""
+"""Drive the LeapOCR jobs of one batch from the triggerer: submit what is queued, poll what runs, concurrently.
+
+Everything here is async: the connection is looked up with ``aget_connection``, HTTP goes through the async SDK,
+and the few blocking things (reading a file, a ledger write) run in a thread. The trigger keeps at most
+``max_jobs_in_flight`` jobs per API key running in this triggerer, records every job id in the warehouse ledger
+the moment it exists, and yields exactly one event with the outcome of every document of the batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from leapocr import APIError
+from leapocr import Format, ProcessOptions
 
-from invoiceflow.leapocr.hooks import LeapOcrHook
+from invoiceflow import config, storage, warehouse
+from invoiceflow.leapocr.hooks import (
+    LeapOcrApi,
+    LeapOcrAuthError,
+    LeapOcrCreditsExhausted,
+    LeapOcrHook,
+    LeapOcrRejected,
+    LeapOcrUnavailable,
+)
 
-#: Event statuses. ``done``: every job reached ``completed`` or ``failed`` (see the per-job outcomes);
-#: ``timeout``: the deadline passed first; ``error``: polling itself broke (e.g. bad credentials).
+#: Event statuses. ``done``: every document reached an outcome; ``timeout``: the deadline passed first (unfinished
+#: documents are ``timeout``); ``error``: the trigger could not go on (e.g. bad credentials).
 DONE, TIMEOUT, ERROR = "done", "timeout", "error"
 EVENT_STATUSES = (DONE, TIMEOUT, ERROR)
+#: Per-document outcomes.
+COMPLETED, FAILED, TIMED_OUT, WAITING = "completed", "failed", "timeout", "waiting_for_credits"
+#: Content types LeapOCR accepts, with the file extension it derives the type from.
+EXTENSIONS = {"pdf": ".pdf", "png": ".png", "jpeg": ".jpg", "tiff": ".tiff"}
+
+
+class InflightGate:
+    """Jobs in flight per API key in this process, shared by every trigger of the triggerer's event loop.
+
+    The count is derived from the live batch runs (their running jobs plus submissions under way), so a trigger
+    that ends in any way, cancellation included, can never leak a slot.
+    """
+
+    _gates: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, InflightGate]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.members: weakref.WeakSet[_BatchRun] = weakref.WeakSet()
+
+    @classmethod
+    def for_key(cls, fingerprint: str, capacity: int) -> InflightGate:
+        gates = cls._gates.setdefault(asyncio.get_running_loop(), {})
+        gate = gates.setdefault(fingerprint, cls(capacity))
+        gate.capacity = capacity
+        return gate
+
+    def free(self) -> int:
+        used = sum(len(member.running) + member.submitting for member in self.members)
+        return max(0, self.capacity - used)
+
+
+def process_options(submission: dict[str, Any], content_type: str | None) -> ProcessOptions:
+    """LeapOCR options of one document: a template slug, or a schema chosen by document type, model, instructions."""
+    if submission.get("template_slug"):
+        return ProcessOptions(template_slug=submission["template_slug"])
+    schema = submission["schemas"].get(content_type or "", submission["schemas"]["default"])
+    return ProcessOptions(
+        format=Format.STRUCTURED,
+        schema=schema,
+        model=submission.get("model") or None,
+        instructions=submission.get("instructions") or None,
+    )
+
+
+def leapocr_file_name(name: str, content_type: str | None) -> str:
+    """The name LeapOCR sees: its extension must match the content (LeapOCR derives the type from it)."""
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return stem + EXTENSIONS.get(content_type or "", "." + name.rsplit(".", 1)[-1])
+
+
+async def submit_document(
+    api: LeapOcrApi, engine: Any, sha: str, document: tuple[str, str, str | None], submission: dict[str, Any]
+) -> str:
+    """Upload one document, then write its job id to the ledger at once; returns the job id."""
+    path, name, content_type = document
+    data = await asyncio.to_thread(storage.read_bytes, path)
+    options = process_options(submission, content_type)
+    job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
+    await asyncio.to_thread(
+        warehouse.record_job, engine, sha, job_id, submission.get("run_id"), api.fingerprint
+    )
+    return job_id
+
+
+#: Submission failures that fail only their document (bad file, unreadable file, API down through all retries).
+DOCUMENT_FAILURES = (LeapOcrRejected, LeapOcrUnavailable, OSError)
+
+
+def load_schemas(schema: str | dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``schema`` is a name in ``include/schemas/`` or ``{content type: name, "default": name}``."""
+    names = {"default": schema} if isinstance(schema, str) else dict(schema)
+    if "default" not in names:
+        names["default"] = "invoice"
+    loaded = {}
+    for kind, name in names.items():
+        path = config.schema_dir() / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"extraction schema {name!r} not found at {path}")
+        loaded[kind] = json.loads(path.read_text())
+    return loaded
 
 
 class LeapOcrJobsTrigger(BaseTrigger):
-    """Wait for a batch of LeapOCR jobs and yield exactly one event with the outcome of each job.
+    """Submit the queued documents of a batch and wait for all its jobs; yield one event.
 
-    :param jobs: ``{job_id: document_sha256}`` of the jobs to wait for.
-    :param end_time: epoch seconds after which unfinished jobs are reported as timed out.
-    :param poll_interval: first wait between polls; it grows by half each round up to ``max_poll_interval``.
+    :param jobs: ``{job_id: document_sha256}`` already submitted (and in the ledger) when the task deferred.
+    :param end_time: epoch seconds after which unfinished documents are reported as timed out.
+    :param queued: document hashes still to submit (as slots free up under the per-key cap).
+    :param submission: how to submit: ``schemas`` (by content type), or ``template_slug``; ``model``,
+        ``instructions``, ``run_id`` and ``credit_budget`` (stop submitting once the run used that many credits).
+    :param poll_interval: wait between polls while something changes; it grows by half each idle round up to
+        ``max_poll_interval`` and drops back as soon as a job finishes.
     """
 
     def __init__(
@@ -33,6 +135,9 @@ class LeapOcrJobsTrigger(BaseTrigger):
         leapocr_conn_id: str = LeapOcrHook.default_conn_name,
         poll_interval: float = 2.0,
         max_poll_interval: float = 30.0,
+        queued: list[str] | None = None,
+        submission: dict[str, Any] | None = None,
+        warehouse_conn_id: str = config.WAREHOUSE_CONN_ID,
     ) -> None:
         super().__init__()
         self.jobs = dict(jobs)
@@ -40,6 +145,9 @@ class LeapOcrJobsTrigger(BaseTrigger):
         self.leapocr_conn_id = leapocr_conn_id
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
+        self.queued = list(queued or [])
+        self.submission = dict(submission or {})
+        self.warehouse_conn_id = warehouse_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -50,75 +158,185 @@ class LeapOcrJobsTrigger(BaseTrigger):
                 "leapocr_conn_id": self.leapocr_conn_id,
                 "poll_interval": self.poll_interval,
                 "max_poll_interval": self.max_poll_interval,
+                "queued": self.queued,
+                "submission": self.submission,
+                "warehouse_conn_id": self.warehouse_conn_id,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         outcomes: dict[str, dict[str, Any]] = {}
         try:
-            client = await LeapOcrHook(self.leapocr_conn_id).aget_client()
-            async with client:
-                status, message = await self._poll_until_finished(client, outcomes)
+            api = await LeapOcrHook(self.leapocr_conn_id).aget_api()
+            async with api:
+                status, message = await _BatchRun(self, api, outcomes).run()
         except Exception as exc:
-            yield TriggerEvent({"status": ERROR, "message": f"{type(exc).__name__}: {exc}", "jobs": outcomes})
-            return
-        yield TriggerEvent({"status": status, "message": message, "jobs": outcomes})
-
-    async def _poll_until_finished(self, client: Any, outcomes: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        interval = self.poll_interval
-        while True:
-            pending = [job_id for job_id in self.jobs if job_id not in outcomes]
-            checks = await asyncio.gather(*(self._check(client, job_id) for job_id in pending))
-            progress = []
-            for job_id, (outcome, pages) in zip(pending, checks, strict=True):
-                if outcome is not None:
-                    outcomes[job_id] = outcome
-                else:
-                    progress.append(pages)
-            if len(outcomes) == len(self.jobs):
-                failed = sum(1 for o in outcomes.values() if o["status"] != "completed")
-                return DONE, f"{len(outcomes)} jobs finished, {failed} failed"
-            done_pages = sum(p[0] for p in progress)
-            total_pages = sum(p[1] for p in progress)
-            self.log.info(
-                "LeapOCR: %d/%d jobs finished; running jobs at %d/%d pages",
-                len(outcomes),
-                len(self.jobs),
-                done_pages,
-                total_pages,
+            yield TriggerEvent(
+                {"status": ERROR, "message": f"{type(exc).__name__}: {exc}", "documents": outcomes}
             )
-            if time.time() >= self.end_time:
-                for job_id in pending:
-                    if job_id not in outcomes:
-                        outcomes[job_id] = {
-                            "status": "timeout",
-                            "error": "job did not finish before the deadline",
-                        }
-                return TIMEOUT, f"{len(pending)} jobs still running at the deadline"
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.max_poll_interval)
+            return
+        yield TriggerEvent({"status": status, "message": message, "documents": outcomes})
 
-    @staticmethod
-    async def _check(client: Any, job_id: str) -> tuple[dict[str, Any] | None, tuple[int, int]]:
-        """One job's terminal outcome, or ``None`` and its page progress while it still runs."""
+
+class _BatchRun:
+    """One execution of a trigger: the state that lives only while it runs."""
+
+    def __init__(
+        self, trigger: LeapOcrJobsTrigger, api: LeapOcrApi, outcomes: dict[str, dict[str, Any]]
+    ) -> None:
+        self.t = trigger
+        self.api = api
+        self.outcomes = outcomes
+        self.running: dict[str, str] = dict(trigger.jobs)
+        self.queued: list[str] = list(trigger.queued)
+        self.stop_reason: str | None = None
+        self.engine: Any = None
+        self.submitting = 0
+        self.gate = InflightGate.for_key(api.fingerprint, api.max_jobs_in_flight)
+
+    async def run(self) -> tuple[str, str]:
+        if self.queued:
+            self.engine = await warehouse.aget_engine(self.t.warehouse_conn_id)
+            await self._adopt_jobs_from_ledger()
+        self.gate.members.add(self)
         try:
-            status = await client.ocr.get_job_status(job_id)
-        except APIError as exc:
-            if exc.status_code == 404:
-                return {"status": "failed", "error": f"job {job_id} not found on the server"}, (0, 0)
-            if exc.status_code in (401, 403):
-                raise
-            return None, (0, 0)  # 429/5xx: try again next round
+            return await self._loop()
+        finally:
+            self.gate.members.discard(self)
+
+    async def _adopt_jobs_from_ledger(self) -> None:
+        """After a triggerer restart, jobs a previous instance submitted are in the ledger: poll, never resubmit."""
+        ledger = await asyncio.to_thread(warehouse.jobs_for, self.engine, self.queued)
+        for sha, row in ledger.items():
+            if row["status"] == "submitted":
+                self.running[row["job_id"]] = sha
+                self.queued.remove(sha)
+
+    async def _loop(self) -> tuple[str, str]:
+        interval = self.t.poll_interval
+        while True:
+            progressed = await self._submit_queued()
+            progressed |= await self._poll()
+            if not self.running and (not self.queued or self.stop_reason):
+                for sha in self.queued:
+                    self.outcomes[sha] = {"status": WAITING, "job_id": None, "error": self.stop_reason}
+                failed = sum(1 for o in self.outcomes.values() if o["status"] != COMPLETED)
+                return DONE, f"{len(self.outcomes)} documents finished, {failed} not completed" + (
+                    f"; stopped submitting: {self.stop_reason}" if self.stop_reason else ""
+                )
+            if time.time() >= self.t.end_time:
+                for job_id, sha in self.running.items():
+                    self.outcomes[sha] = {
+                        "status": TIMED_OUT,
+                        "job_id": job_id,
+                        "error": "job did not finish before the deadline",
+                    }
+                for sha in self.queued:
+                    self.outcomes[sha] = {
+                        "status": TIMED_OUT,
+                        "job_id": None,
+                        "error": "never submitted before the deadline",
+                    }
+                return TIMEOUT, f"{len(self.running) + len(self.queued)} documents unfinished at the deadline"
+            interval = self.t.poll_interval if progressed else min(interval * 1.5, self.t.max_poll_interval)
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------------------------------ submission
+
+    async def _submit_queued(self) -> bool:
+        if not self.queued or self.stop_reason:
+            return False
+        slots = min(self.gate.free(), len(self.queued))
+        if slots and self.t.submission.get("credit_budget") is not None:
+            slots = min(slots, await self._budget_left())
+        if slots <= 0:
+            return False
+        batch, self.queued = self.queued[:slots], self.queued[slots:]
+        self.submitting = len(batch)
+        try:
+            documents = await asyncio.to_thread(warehouse.document_paths, self.engine, batch)
+            results = await asyncio.gather(
+                *(
+                    submit_document(self.api, self.engine, sha, documents[sha], self.t.submission)
+                    for sha in batch
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            self.submitting = 0
+        for sha, result in zip(batch, results, strict=True):
+            if isinstance(result, LeapOcrCreditsExhausted):
+                self.stop_reason = str(result)
+                self.queued.insert(0, sha)
+            elif isinstance(result, LeapOcrAuthError):
+                raise result
+            elif isinstance(result, DOCUMENT_FAILURES):
+                self.outcomes[sha] = {"status": FAILED, "job_id": None, "error": str(result)}
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.running[result] = sha
+        return True
+
+    async def _budget_left(self) -> int:
+        """Documents we may still submit under the run's credit budget (each costs at least one credit)."""
+        budget = int(self.t.submission["credit_budget"])
+        used = await asyncio.to_thread(
+            warehouse.credits_used_by_run, self.engine, self.t.submission["run_id"]
+        )
+        left = budget - used - len(self.running)
+        if left <= 0:
+            self.stop_reason = f"credit budget of {budget} reached ({used} credits used by this run)"
+            self.t.log.warning("LeapOCR: %s; the remaining documents wait for the next run", self.stop_reason)
+        return max(0, left)
+
+    # ------------------------------------------------------------------------------------------ polling
+
+    async def _poll(self) -> bool:
+        if not self.running:
+            return False
+        jobs = list(self.running)
+        checks = await asyncio.gather(*(self._check(job_id) for job_id in jobs))
+        finished = 0
+        done_pages = total_pages = 0
+        for job_id, (outcome, pages) in zip(jobs, checks, strict=True):
+            if outcome is None:
+                done_pages += pages[0]
+                total_pages += pages[1]
+                continue
+            sha = self.running.pop(job_id)
+            self.outcomes[sha] = {**outcome, "job_id": job_id}
+            finished += 1
+        self.t.log.info(
+            "LeapOCR: %d/%d documents finished, %d queued; running jobs at %d/%d pages",
+            len(self.outcomes),
+            len(self.outcomes) + len(self.running) + len(self.queued),
+            len(self.queued),
+            done_pages,
+            total_pages,
+        )
+        return finished > 0
+
+    async def _check(self, job_id: str) -> tuple[dict[str, Any] | None, tuple[int, int]]:
+        """One job's outcome, or ``None`` and its page progress while it still runs (or the API is busy)."""
+        try:
+            status = await self.api.job_status(job_id)
+        except LeapOcrRejected as exc:
+            if "HTTP 404" in str(exc):
+                return {"status": FAILED, "error": f"job {job_id} not found on the server"}, (0, 0)
+            raise
+        except LeapOcrUnavailable:
+            return None, (0, 0)  # keep polling until the deadline
         state = getattr(status.status, "value", status.status)
         if state == "completed":
-            return {"status": "completed", "error": None}, (status.processed_pages, status.total_pages)
+            return {"status": COMPLETED, "error": None}, (status.processed_pages, status.total_pages)
         if state == "failed":
-            return {"status": "failed", "error": status.error_message or "job failed"}, (0, 0)
+            return {"status": FAILED, "error": status.error_message or "job failed"}, (0, 0)
         return None, (status.processed_pages, status.total_pages)
 
 
 def validate_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
     """Fail loudly on an event this operator does not understand (allow-list, never block-list)."""
-    if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES or "jobs" not in event:
+    if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES or "documents" not in event:
         raise ValueError(f"unexpected LeapOCR trigger event: {event!r}")
     return event

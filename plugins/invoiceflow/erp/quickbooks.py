@@ -1,0 +1,407 @@
+"""QuickBooks Online connector: the ``Bill`` entity through the batch endpoint (erp-apis.md §2).
+
+- ``POST {base}/v3/company/{realm}/batch?requestid=<key>&minorversion=N`` with at most 30 ``BatchItemRequest``,
+  correlated by ``bId`` (never by position). ``requestid`` (<= 36 characters; longer batch keys are hashed down)
+  makes a retried batch return the original answer.
+- Per-item ``Fault``: 6140 (duplicate DocNumber, the company preference) -> ``duplicate`` with the ``TxnId`` from the
+  detail; other ``ValidationFault`` codes (610, 2020, 2050, ...) -> ``rejected`` with ``code: message: detail``; a
+  ``SystemFault`` or a missing ``bId`` -> ``unknown``.
+- 429 (served as XML, no ``Retry-After``): waits ``throttle_wait`` seconds (Intuit says 60) and retries.
+- Vendors must exist (610 otherwise): before each batch, unknown vendor names are looked up in one query and the
+  missing ones created in one batch (cached per connector), so the relay need not call :meth:`ensure_vendor`.
+- OAuth2: QuickBooks has no client-credentials grant; the connection holds a refresh token, exchanged for access
+  tokens (rotated refresh tokens go to ``on_refresh_token``; persist them, the old one expires).
+- Our marker is ``PrivateNote = "invoiceflow:<reference>"``. The query language cannot filter on ``PrivateNote``:
+  :meth:`find_bill` searches by vendor + DocNumber when given ``bill=`` (or when this connector posted that
+  reference), else scans bills created in the last ``lookback_days``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from invoiceflow.erp.base import (
+    BillOutcome,
+    ErpAuthError,
+    ErpRateLimitedError,
+    ErpRequestError,
+    ErpUnavailableError,
+    OAuthTokens,
+    RetryableResponse,
+    backoff_delay,
+    bill_lines,
+    check_batch,
+    derived_key,
+    dumps,
+    error_message,
+    log_outcomes,
+    logger,
+    normalize_key,
+    to_decimal,
+)
+
+MARKER_PREFIX = "invoiceflow:"
+_TXN_ID = re.compile(r"TxnId=(\d+)")
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class QuickBooksConnector:
+    name = "quickbooks"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        realm_id: str,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        refresh_token: str | None = None,
+        access_token: str | None = None,
+        token_url: str | None = None,
+        on_refresh_token: Callable[[str], None] | None = None,
+        expense_account: str = "7",
+        minor_version: int = 75,
+        max_batch: int = 30,
+        throttle_wait: float = 60.0,
+        lookback_days: int = 30,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_throttle_waits: int = 10,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= max_batch <= 30:
+            raise ValueError("QuickBooks batches hold 1..30 items")
+        self.base_url = base_url.rstrip("/")
+        self.realm_id = realm_id
+        self.expense_account = str(expense_account)
+        self.minor_version = minor_version
+        self.max_batch = max_batch
+        self.throttle_wait = throttle_wait
+        self.lookback_days = lookback_days
+        self.max_retries = max_retries
+        self.max_throttle_waits = max_throttle_waits
+        self.backoff = backoff
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "invoiceflow-erp-quickbooks"},
+        )
+        self._static_token = access_token
+        self.tokens: OAuthTokens | None = None
+        if refresh_token:
+            self.tokens = OAuthTokens(
+                self._client,
+                token_url or f"{self.base_url}/oauth2/v1/tokens/bearer",
+                client_id or "",
+                client_secret or "",
+                grant_type="refresh_token",
+                refresh_token=refresh_token,
+                on_refresh_token=on_refresh_token,
+                clock=clock,
+            )
+        elif not access_token:
+            raise ValueError("QuickBooks needs a refresh_token (with client id/secret) or an access_token")
+        self._vendors: dict[str, str] = {}
+        self._posted: dict[str, tuple[str, str]] = {}
+
+    def __enter__(self) -> QuickBooksConnector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def _path(self) -> str:
+        return f"/v3/company/{self.realm_id}"
+
+    # ------------------------------------------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        extra = kwargs.pop("headers", None) or {}
+        params = {"minorversion": str(self.minor_version), **(kwargs.pop("params", None) or {})}
+        response: httpx.Response | None = None
+        for attempt in (1, 2):
+            token = self.tokens.token() if self.tokens else self._static_token
+            headers = {"Authorization": f"Bearer {token}", **extra}
+            response = self._client.request(method, path, headers=headers, params=params, **kwargs)
+            if response.status_code == 401 and attempt == 1 and self.tokens is not None:
+                logger.info("quickbooks answered 401: refreshing the access token once")
+                self.tokens.invalidate(token)
+                continue
+            break
+        assert response is not None
+        return response
+
+    def _call(
+        self, method: str, path: str, *, ambiguous: bool, **kwargs: Any
+    ) -> tuple[dict[str, Any] | None, int, str]:
+        """Send with retries. Returns (body, attempts, last error); body None = no usable answer.
+
+        Raises for whole-request refusals and, when nothing can have been applied, for exhausted throttling.
+        """
+        attempts = 0
+        waits = 0
+        sent = False
+        last = "no attempt made"
+        while True:
+            attempts += 1
+            try:
+                response = self._request(method, path, **kwargs)
+                status = response.status_code
+                if status == 429:
+                    raise RetryableResponse(
+                        "HTTP 429 ThrottleExceeded", self.throttle_wait, rate_limited=True
+                    )
+                sent = True
+                if status >= 500:
+                    raise RetryableResponse(f"HTTP {status}")
+                if status in (401, 403):
+                    message, body = error_message(response)
+                    raise ErpAuthError(
+                        f"QuickBooks refused credentials (HTTP {status}): {message}", status, body
+                    )
+                if status >= 300:
+                    message, body = error_message(response)
+                    raise ErpRequestError(
+                        f"QuickBooks refused the request (HTTP {status}): {message}", status, body
+                    )
+                try:
+                    body = response.json()
+                except ValueError as exc:
+                    raise RetryableResponse("malformed JSON in a 2xx response") from exc
+                if not isinstance(body, dict):
+                    raise RetryableResponse("2xx response is not an object")
+                return body, attempts, last
+            except (httpx.TransportError, RetryableResponse) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError):
+                    sent = True
+                retry_after = None
+                if isinstance(exc, RetryableResponse) and exc.rate_limited:
+                    waits += 1
+                    attempts -= 1
+                    retry_after = exc.retry_after
+                    if waits > self.max_throttle_waits:
+                        if not sent or not ambiguous:
+                            raise ErpRateLimitedError(
+                                f"QuickBooks still throttling after {waits - 1} waits",
+                                self.throttle_wait,
+                                "minute",
+                            ) from exc
+                        return None, attempts, last
+                elif attempts > self.max_retries:
+                    if not ambiguous:
+                        raise ErpUnavailableError(
+                            f"QuickBooks read failed after {attempts} attempts: {last}"
+                        ) from exc
+                    return None, attempts, last
+                self._sleep(backoff_delay(max(attempts, 1), self.backoff, retry_after))
+
+    def query(self, statement: str) -> dict[str, Any]:
+        body, _, _ = self._call("GET", f"{self._path}/query", ambiguous=False, params={"query": statement})
+        assert body is not None
+        return body.get("QueryResponse") or {}
+
+    # ------------------------------------------------------------------------------------------------ vendors
+
+    def ensure_vendor(self, vendor_name: str) -> str:
+        return self._ensure_vendors([vendor_name])[(vendor_name or "").strip()]
+
+    def _ensure_vendors(self, names: list[str]) -> dict[str, str]:
+        wanted = sorted({(n or "").strip() for n in names} - {""} - set(self._vendors))
+        if any(not (n or "").strip() for n in names):
+            raise ValueError("vendor_name is required")
+        if wanted:
+            listed = ", ".join(f"'{_q(n)}'" for n in wanted)
+            for vendor in self.query(f"select * from Vendor where DisplayName in ({listed})").get(
+                "Vendor", []
+            ):
+                self._vendors[vendor["DisplayName"]] = vendor["Id"]
+            missing = [n for n in wanted if n not in self._vendors]
+            for start in range(0, len(missing), 30):
+                chunk = missing[start : start + 30]
+                items = [
+                    {"bId": f"v{i}", "operation": "create", "Vendor": {"DisplayName": name}}
+                    for i, name in enumerate(chunk)
+                ]
+                body, _, last = self._call(
+                    "POST",
+                    f"{self._path}/batch",
+                    ambiguous=True,
+                    content=dumps({"BatchItemRequest": items}),
+                    headers={"Content-Type": "application/json"},
+                )
+                results = {r.get("bId"): r for r in (body or {}).get("BatchItemResponse", [])}
+                for i, name in enumerate(chunk):
+                    result = results.get(f"v{i}") or {}
+                    if "Vendor" in result:
+                        self._vendors[name] = result["Vendor"]["Id"]
+                retry = [n for n in chunk if n not in self._vendors]
+                if retry:  # a duplicate-name fault or a lost answer: read back
+                    listed = ", ".join(f"'{_q(n)}'" for n in retry)
+                    for vendor in self.query(f"select * from Vendor where DisplayName in ({listed})").get(
+                        "Vendor", []
+                    ):
+                        self._vendors[vendor["DisplayName"]] = vendor["Id"]
+                if still := [n for n in chunk if n not in self._vendors]:
+                    raise ErpUnavailableError(f"could not create QuickBooks vendors {still}: {last}")
+        return {n.strip(): self._vendors[n.strip()] for n in names}
+
+    # ------------------------------------------------------------------------------------------------ posting
+
+    def to_bill(self, bill: dict[str, Any], vendor_id: str) -> dict[str, Any]:
+        lines = []
+        for line in bill_lines(bill):
+            lines.append(
+                {
+                    "DetailType": "AccountBasedExpenseLineDetail",
+                    "Amount": line.amount,
+                    "Description": line.description,
+                    "AccountBasedExpenseLineDetail": {"AccountRef": {"value": self.expense_account}},
+                }
+            )
+        tax = to_decimal(bill.get("tax_amount"))
+        if tax:
+            lines.append(
+                {
+                    "DetailType": "AccountBasedExpenseLineDetail",
+                    "Amount": tax,
+                    "Description": "Tax",
+                    "AccountBasedExpenseLineDetail": {"AccountRef": {"value": self.expense_account}},
+                }
+            )
+        out: dict[str, Any] = {
+            "VendorRef": {"value": vendor_id},
+            "DocNumber": bill.get("invoice_number"),
+            "PrivateNote": f"{MARKER_PREFIX}{bill['reference'].strip()}",
+            "Line": lines,
+        }
+        if bill.get("invoice_date"):
+            out["TxnDate"] = str(bill["invoice_date"])
+        if bill.get("due_date"):
+            out["DueDate"] = str(bill["due_date"])
+        if bill.get("currency"):
+            out["CurrencyRef"] = {"value": str(bill["currency"]).upper()}
+        return out
+
+    def post_bills(self, bills: list[dict], batch_key: str) -> list[BillOutcome]:
+        if not bills:
+            return []
+        references = check_batch(bills, batch_key, self.max_batch)
+        vendors = self._ensure_vendors([b.get("vendor_name") or "" for b in bills])
+        items = [
+            {
+                "bId": str(i),
+                "operation": "create",
+                "Bill": self.to_bill(bill, vendors[(bill.get("vendor_name") or "").strip()]),
+            }
+            for i, bill in enumerate(bills)
+        ]
+        for bill, ref in zip(bills, references, strict=True):
+            self._posted[ref] = (str(bill.get("vendor_name") or ""), str(bill.get("invoice_number") or ""))
+        requestid = derived_key(batch_key, [], 36)
+        body, attempts, last = self._call(
+            "POST",
+            f"{self._path}/batch",
+            ambiguous=True,
+            params={"requestid": requestid},
+            content=dumps({"BatchItemRequest": items}),
+            headers={"Content-Type": "application/json"},
+        )
+        if body is None:
+            outcomes = [
+                BillOutcome(r, "unknown", None, f"no answer after {attempts} attempts: {last}")
+                for r in references
+            ]
+        else:
+            by_bid = {
+                str(r.get("bId")): r for r in body.get("BatchItemResponse") or [] if isinstance(r, dict)
+            }
+            outcomes = [self._map(by_bid.get(str(i)), ref) for i, ref in enumerate(references)]
+        log_outcomes(self.name, batch_key, outcomes, attempts)
+        return outcomes
+
+    @staticmethod
+    def _map(result: dict[str, Any] | None, ref: str) -> BillOutcome:
+        if result is None:
+            return BillOutcome(ref, "unknown", None, "bId missing from the batch response")
+        if isinstance(result.get("Bill"), dict) and result["Bill"].get("Id"):
+            return BillOutcome(ref, "posted", str(result["Bill"]["Id"]), None)
+        fault = result.get("Fault") or {}
+        errors = [e for e in fault.get("Error") or [] if isinstance(e, dict)]
+        reason = (
+            "; ".join(f"{e.get('code')}: {e.get('Message')}: {e.get('Detail')}" for e in errors) or "fault"
+        )
+        for e in errors:
+            if str(e.get("code")) in ("6140", "6210") or "Duplicate Document Number" in str(e.get("Message")):
+                m = _TXN_ID.search(str(e.get("Detail")))
+                return BillOutcome(ref, "duplicate", m.group(1) if m else None, reason)
+        if fault.get("type") == "ValidationFault":
+            return BillOutcome(ref, "rejected", None, reason)
+        return BillOutcome(ref, "unknown", None, f"{fault.get('type') or 'no entity'}: {reason}")
+
+    # ------------------------------------------------------------------------------------------------ read-back
+
+    def _summary(self, bill: dict[str, Any]) -> dict[str, Any]:
+        note = str(bill.get("PrivateNote") or "")
+        return {
+            "id": bill.get("Id"),
+            "vendor_name": (bill.get("VendorRef") or {}).get("name"),
+            "vendor_id": (bill.get("VendorRef") or {}).get("value"),
+            "invoice_number": bill.get("DocNumber"),
+            "reference": note[len(MARKER_PREFIX) :] if note.startswith(MARKER_PREFIX) else None,
+            "total_amount": str(bill.get("TotalAmt")) if bill.get("TotalAmt") is not None else None,
+            "currency": (bill.get("CurrencyRef") or {}).get("value"),
+        }
+
+    def find_bills(self, vendor_name: str, invoice_number: str) -> list[dict]:
+        found = self.query(f"select * from Bill where DocNumber = '{_q(invoice_number.strip())}'").get(
+            "Bill", []
+        )
+        key = normalize_key(vendor_name)
+        return [
+            self._summary(b) for b in found if normalize_key((b.get("VendorRef") or {}).get("name")) == key
+        ]
+
+    def find_bill(self, reference: str, *, bill: dict | None = None) -> str | None:
+        reference = reference.strip()
+        hint = None
+        if bill and bill.get("invoice_number"):
+            hint = (str(bill.get("vendor_name") or ""), str(bill["invoice_number"]))
+        hint = hint or self._posted.get(reference)
+        if hint:
+            found = self.query(f"select * from Bill where DocNumber = '{_q(hint[1].strip())}'").get(
+                "Bill", []
+            )
+        else:
+            since = (datetime.now(UTC) - timedelta(days=self.lookback_days)).strftime("%Y-%m-%dT%H:%M:%S")
+            found, start = [], 1
+            while True:
+                page = self.query(
+                    f"select * from Bill where MetaData.CreateTime >= '{since}' STARTPOSITION {start} MAXRESULTS 1000"
+                ).get("Bill", [])
+                found.extend(page)
+                if len(page) < 1000:
+                    break
+                start += 1000
+        for b in found:
+            if b.get("PrivateNote") == f"{MARKER_PREFIX}{reference}":
+                return str(b["Id"])
+        return None
