@@ -4,11 +4,17 @@
 Posts approved invoices to the ERP, exactly once. Scheduled on the `invoiceflow://warehouse/invoices` asset that
 `invoice_ingest` emits after a load.
 
+ERP connection: `erp_default`, any kind `connector_from_connection` knows (native sandbox, Xero, QuickBooks Online,
+Tryton, webhook, file export: see `invoiceflow/erp/connectors.py` for the fields).
+
 1. **plan_batches** reads `erp_outbox` rows still to relay (`pending`, or `unknown` after a lost answer) in batches
-   of at most 50.
-2. **relay_batch** reads back `unknown` rows from the ERP first, marks the rest in flight, posts them with an
-   idempotency key and stores each item's outcome (`posted`, `duplicate`, `rejected`, `unknown`).
-   ERP connection: `erp_default` (base URL in host, token in password).
+   of the connector's `max_batch` (Xero 50, QuickBooks 30; `INVOICEFLOW_ERP_BATCH_SIZE` caps it).
+2. **relay_batch** (mapped, at most 4 at once per run) reads back `unknown` rows from the ERP first, marks the rest
+   in flight, posts them with an idempotency key and stores each item's outcome: `posted` (remote id), `duplicate`
+   (the ERP already had it: linked), `rejected` (the ERP's reason), `unknown` (no answer: read back next time).
+   A rate limit leaves rows `pending` and backs off (the task fails and Airflow retries it later if the limit
+   persists). After 5 failures a row goes to `dead_letter`; analysts see rejected and dead-lettered invoices in
+   the `erp_outbox_attention` view.
 3. **summarize** logs the counts per outcome.
 """
 
@@ -21,6 +27,10 @@ from airflow.sdk import Asset, BaseHook, dag, task
 from invoiceflow import config, warehouse
 from invoiceflow.counts import sum_counts
 from invoiceflow.erp import relay
+
+
+def _connector():
+    return relay.connector_for(BaseHook.get_connection(config.ERP_CONN_ID))
 
 
 @dag(
@@ -36,12 +46,17 @@ from invoiceflow.erp import relay
 def erp_sync() -> None:
     @task
     def plan_batches() -> list[list[str]]:
-        return relay.plan_batches(warehouse.get_engine(), config.erp_batch_size())
+        with _connector() as connector:
+            return relay.plan_batches(warehouse.get_engine(), relay.batch_size(connector))
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(max_active_tis_per_dagrun=relay.RELAY_CONCURRENCY)
     def relay_batch(keys: list[str]) -> dict[str, int]:
-        with relay.client_from_connection(BaseHook.get_connection(config.ERP_CONN_ID)) as client:
-            return relay.relay_batch(warehouse.get_engine(), client, keys)
+        with _connector() as connector:
+            counts = relay.relay_batch(warehouse.get_engine(), connector, keys)
+        if counts.get("rate_limited"):
+            # The rows are pending again (nothing was applied): let Airflow retry the task after retry_delay.
+            raise RuntimeError(f"ERP rate limit: {counts['rate_limited']} bills left pending, retrying later")
+        return counts
 
     @task
     def summarize(results: list[dict[str, int]]) -> dict[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-DAG_IDS = {"invoice_ingest", "erp_sync"}
+DAG_IDS = {"invoice_ingest", "erp_sync", "invoice_review", "warehouse_quality"}
 
 
 @pytest.fixture(scope="module")

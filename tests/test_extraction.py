@@ -158,7 +158,7 @@ def test_detect_type_by_magic_not_name() -> None:
     assert detect_type(jpeg.getvalue(), "x.jpg") == "jpeg"
 
 
-def test_images_return_empty_pages_until_ocr() -> None:
+def test_blank_images_return_empty_pages_after_ocr() -> None:
     buf = io.BytesIO()
     frames = [Image.new("L", (16, 16), v) for v in (0, 128, 255)]
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
@@ -171,7 +171,7 @@ def test_images_return_empty_pages_until_ocr() -> None:
     assert isinstance(png, ExtractionResult) and len(png.pages) == 1
 
 
-def test_image_only_pdf_gives_none_source() -> None:
+def test_blank_image_only_pdf_gives_none_source() -> None:
     from fpdf import FPDF
 
     pdf = FPDF()

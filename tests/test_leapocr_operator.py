@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -194,6 +195,15 @@ def test_cap_on_jobs_in_flight_queues_the_rest_for_the_trigger(
     assert set(warehouse.document_statuses(engine, three_documents).values()) == {"extracted"}
 
 
+def recorded_jobs(engine: Any, shas: list[str]) -> dict[str, str]:
+    """Documents whose job id is in the ledger (not just reserved while uploading)."""
+    return {
+        sha: row["job_id"]
+        for sha, row in warehouse.jobs_for(engine, shas).items()
+        if row["status"] in warehouse.RECONNECTABLE_JOB_STATES
+    }
+
+
 def test_trigger_recreated_mid_poll_resumes_from_the_ledger(
     engine: Any,
     three_documents: list[str],
@@ -210,9 +220,9 @@ def test_trigger_recreated_mid_poll_resumes_from_the_ledger(
 
     async def interrupted_then_recreated() -> list[Any]:
         first = asyncio.ensure_future(LeapOcrJobsTrigger(**kwargs).run().__anext__())
-        while (
-            len(warehouse.jobs_for(engine, three_documents)) < 2
-        ):  # the first instance submitted a queued doc
+        deadline = time.monotonic() + 30
+        while len(recorded_jobs(engine, three_documents)) < 2:  # the first instance submitted a queued one
+            assert time.monotonic() < deadline, "the first trigger instance never submitted a queued document"
             await asyncio.sleep(0.02)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from airflow.triggers.base import TriggerEvent
 from leapocr import JobStatus, JobStatusType
 
 from invoiceflow.leapocr.hooks import LeapOcrAuthError, LeapOcrRejected, LeapOcrUnavailable
-from invoiceflow.leapocr.triggers import LeapOcrJobsTrigger, validate_trigger_event
+from invoiceflow.leapocr.triggers import FAST_POLL_ROUNDS, LeapOcrJobsTrigger, validate_trigger_event
 
 CLASSPATH = "invoiceflow.leapocr.triggers.LeapOcrJobsTrigger"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -54,6 +55,16 @@ class FakeApi:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trigger marks finished jobs in the warehouse ledger: give it an empty, migrated one."""
+    from invoiceflow import warehouse
+
+    connection = {"conn_type": "sqlite", "host": f"{tmp_path}/wh.db"}
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_DEFAULT", json.dumps(connection))
+    warehouse.upgrade(warehouse.engine_for(f"sqlite:///{tmp_path}/wh.db"))
 
 
 def make_trigger(jobs: dict[str, str] | None = None, end_time: float | None = None) -> LeapOcrJobsTrigger:
@@ -120,8 +131,23 @@ async def test_all_jobs_completed_yields_one_done_event_and_backs_off_while_idle
             }
         )
     ]
-    # idle first round: the interval grows; after job-2 finished it drops back to the base interval
-    assert [c.args[0] for c in sleep.await_args_list] == [1.5, 1.0]
+    assert [c.args[0] for c in sleep.await_args_list] == [1.0, 1.0]
+
+
+@pytest.mark.asyncio
+async def test_polling_backs_off_after_the_fast_rounds_and_drops_back_on_progress() -> None:
+    still_running = [status("job-1", "processing")] * (FAST_POLL_ROUNDS + 4)
+    client = FakeApi(
+        {
+            "job-1": [*still_running, status("job-1", "completed")],
+            "job-2": [*still_running, status("job-2", "processing"), status("job-2", "completed")],
+        }
+    )
+    events, sleep = await events_of(make_trigger(), client)
+    assert [e.payload["status"] for e in events] == ["done"]
+    delays = [c.args[0] for c in sleep.await_args_list]
+    # base interval while jobs are young, then x1.5 per idle round up to the 4 s cap; job-1 finishing resets it
+    assert delays == [1.0] * FAST_POLL_ROUNDS + [1.5, 2.25, 3.375, 4.0, 1.0]
 
 
 @pytest.mark.asyncio
@@ -211,16 +237,20 @@ async def test_connection_is_looked_up_asynchronously_only(
     connection = Connection(
         conn_id="leapocr_test", conn_type="leapocr", host=leapocr_base_url, password=leapocr_api_key
     )
+    warehouse_conn = Connection(conn_id="warehouse_default", conn_type="sqlite", host=f"{tmp_path}/wh.db")
+    connections = {"leapocr_test": connection, "warehouse_default": warehouse_conn}
     trigger = make_trigger(jobs={job.job_id: "sha"})
     trigger.poll_interval = 0.05
     with (
         mock.patch(
             "airflow.sdk.BaseHook.get_connection", side_effect=AssertionError("sync lookup in triggerer")
         ),
-        mock.patch("airflow.sdk.BaseHook.aget_connection", mock.AsyncMock(return_value=connection)) as lookup,
+        mock.patch(
+            "airflow.sdk.BaseHook.aget_connection", mock.AsyncMock(side_effect=connections.__getitem__)
+        ) as lookup,
     ):
         events = [event async for event in trigger.run()]
-    lookup.assert_awaited_once_with("leapocr_test")
+    assert sorted(c.args[0] for c in lookup.await_args_list) == ["leapocr_test", "warehouse_default"]
     assert [e.payload["status"] for e in events] == ["done"]
     assert events[0].payload["documents"]["sha"]["status"] == "completed"
 

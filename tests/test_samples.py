@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from invoiceflow.extraction import extract_pages
-from invoiceflow.samples import LANGS, LAYOUTS, generate_invoice, write_samples
+from invoiceflow.samples import ALL_LAYOUTS, LANGS, LAYOUTS, generate_invoice, write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "include" / "samples"
@@ -35,7 +35,27 @@ def test_engine_reads_every_layout_exactly(seed: int, layout: str, lang: str) ->
     assert merged["line_items"] == truth["line_items"]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("credit_note", [False, True])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_ledger_layout_wrapped_codes_summary_table_and_credit_notes(
+    seed: int, credit_note: bool, lang: str
+) -> None:
+    """Wrapped descriptions, article codes on their own line, totals under column titles only; a credit
+    note prints negative amounts and is reported with positive ones (the EN 16931 type-381 convention)."""
+    data, truth = generate_invoice(seed, "ledger", lang, credit_note=credit_note)
+    merged = extract_pages(data, f"ledger-{lang}.pdf").merged()
+    assert {k: merged[k] for k in HEADER} == {k: truth[k] for k in HEADER}
+    assert merged["line_items"] == truth["line_items"]
+    assert truth["total_amount"] > 0
+
+
+def test_credit_note_needs_the_ledger_layout() -> None:
+    with pytest.raises(ValueError, match="ledger"):
+        generate_invoice(0, "classic", "en", credit_note=True)
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
 def test_ground_truth_is_consistent_and_schema_shaped(layout: str) -> None:
     for lang in LANGS:
         _data, truth = generate_invoice(3, layout, lang)

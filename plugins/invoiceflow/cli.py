@@ -78,6 +78,67 @@ def build_parser() -> argparse.ArgumentParser:
     extraction_commands.add_extract_arguments(extract)
     extract.set_defaults(func=extraction_commands.run_extract)
 
+    def _review(args: argparse.Namespace) -> int:
+        import getpass
+        import json as _json
+
+        from invoiceflow import review as rv
+        from invoiceflow import warehouse as wh
+
+        engine = wh.engine_for(args.url or config.embedded_warehouse_url())
+        by = getattr(args, "by", None) or getpass.getuser()
+        try:
+            if args.review_command == "list":
+                for r in rv.pending(engine, args.limit):
+                    print(
+                        f"{r['document_sha256'][:12]}  {r['review_status']:<12} {r['vendor_name'] or '-'} | "
+                        f"{r['invoice_number'] or '-'} | {r['total_amount']} {r['currency'] or ''} | {r['review_issues']}"
+                    )
+                return 0
+            if args.review_command == "show":
+                print(_json.dumps(rv.show(engine, args.id), indent=2, default=str))
+                return 0
+            if args.review_command == "approve":
+                changes = dict(kv.split("=", 1) for kv in args.set or [])
+                if changes:
+                    rv.correct(engine, args.id, changes, by, args.comment)
+                print(_json.dumps(rv.approve(engine, args.id, by, args.comment), default=str))
+                return 0
+            print(_json.dumps(rv.reject(engine, args.id, by, args.reason), default=str))
+            return 0
+        except rv.ReviewError as exc:
+            print(f"error: {exc}")
+            return 2
+
+    rev = sub.add_parser("review", help="invoices waiting for a person: list, show, approve, reject")
+    rev_sub = rev.add_subparsers(dest="review_command", required=True)
+    for name, text in [
+        ("list", "invoices waiting for review"),
+        ("show", "one invoice with issues and versions"),
+        ("approve", "approve (optionally correct fields first): enters the ERP outbox"),
+        ("reject", "reject: never sent to the ERP"),
+    ]:
+        p = rev_sub.add_parser(name, help=text)
+        p.add_argument("--url", help="SQLAlchemy URL (default: the embedded SQLite warehouse)")
+        p.set_defaults(func=_review)
+        if name == "list":
+            p.add_argument("--limit", type=int, default=100)
+            continue
+        p.add_argument("id", help="document hash or an unambiguous prefix")
+        if name in {"approve", "reject"}:
+            p.add_argument("--by", help="reviewer (default: the login name)")
+        if name == "approve":
+            p.add_argument(
+                "--set", action="append", metavar="FIELD=VALUE", help="correct a field (repeatable)"
+            )
+            p.add_argument("--comment")
+        if name == "reject":
+            p.add_argument("--reason", required=True)
+
+    from invoiceflow.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     evaluate = sub.add_parser("eval", help="score the offline engine on documents with ground-truth JSON")
     extraction_commands.add_eval_arguments(evaluate)
     evaluate.set_defaults(func=extraction_commands.run_eval)

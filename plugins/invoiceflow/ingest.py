@@ -69,12 +69,15 @@ def batch_id(document_ids: list[str]) -> str:
 def validate_and_load(engine: Engine, document_ids: list[str]) -> dict[str, int]:
     """Validate the extracted invoices of a batch and load them (staging, then core) in one transaction."""
     invoices = warehouse.extracted_invoices(engine, document_ids)
-    validated = validation.validate(invoices)
+    validated = validation.validate(invoices, engine=engine)
     counts = warehouse.load_batch(engine, batch_id(document_ids), validated)
     for inv in validated:
         if inv.issues:
             log.info(
-                "Needs review %s: %s", inv.document_sha256[:12], ", ".join(i["code"] for i in inv.issues)
+                "%s %s: %s",
+                "Blocked" if inv.review_status == warehouse.BLOCKED else "Needs review",
+                inv.document_sha256[:12],
+                ", ".join(i["code"] for i in inv.issues),
             )
     counts["not_extracted"] = len(document_ids) - len(invoices)
     log.info("Loaded batch of %d documents: %s", len(document_ids), counts)

@@ -19,6 +19,13 @@ from typing import Any
 from fpdf import FPDF
 
 LAYOUTS = ("classic", "modern", "compact")
+# Further layouts with real-world patterns the three above lack: descriptions wrapped over two lines, an
+# article code printed on its own line under the description, totals in a summary table whose rows carry
+# no labels (titles above the amounts), and credit notes printing negative amounts.
+EXTRA_LAYOUTS = ("ledger",)
+ALL_LAYOUTS = LAYOUTS + EXTRA_LAYOUTS
+CREDIT_TITLES = {"en": "CREDIT NOTE", "de": "GUTSCHRIFT", "fr": "AVOIR", "es": "NOTA DE ABONO",
+                 "nl": "CREDITNOTA", "it": "NOTA DI CREDITO"}  # fmt: skip
 LANGS = ("en", "de", "fr", "es", "nl", "it")
 DAY_FIRST = {"de", "fr", "es", "nl", "it"}  # languages printing 1.234,56 and day-first dates
 
@@ -315,7 +322,9 @@ def _build(seed: int, layout: str, lang: str, n_items: int | None, mismatch: boo
         tax_rate = 0.2 if currency == "GBP" else rng.choice([0.0725, 0.0825, 0.06])
     tax = round(subtotal * tax_rate, 2)
     issued = date(2024, 1, 1) + timedelta(days=rng.randint(0, 365))
-    prefix = {"classic": "INV", "modern": "IN", "compact": "RE" if lang == "de" else "CI"}[layout]
+    prefix = {"classic": "INV", "modern": "IN", "compact": "RE" if lang == "de" else "CI", "ledger": "LG"}[
+        layout
+    ]
     po = rng.choice([None, f"PO-{rng.randint(10000, 99999)}", f"45000{rng.randint(10000, 99999)}"])
     return _Invoice(
         lang=lang,
@@ -529,6 +538,56 @@ def _render_compact(pdf: _Doc, inv: _Invoice) -> None:
     _totals(pdf, inv, y + 4, labels, 8.5, 130, with_symbol=False)
 
 
+def _render_ledger(pdf: _Doc, inv: _Invoice, credit: bool) -> None:
+    t = TEXT[inv.lang]
+    sign = -1.0 if credit else 1.0
+    pdf.add_page()
+    pdf.text_at(15, 15, 120, inv.vendor[0], size=13, bold=True)
+    pdf.text_at(15, 21, 120, f"{inv.vendor[1]} - {inv.vendor[2]}", size=8)
+    pdf.text_at(15, 32, 120, CREDIT_TITLES[inv.lang] if credit else t["title"], size=14, bold=True)
+    meta = [(t["number_long"], inv.number), (t["date"], _date(inv.issued, inv.lang, "ledger")),
+            (t["due"], _date(inv.due, inv.lang, "ledger"))] + ([(t["po"], inv.po)] if inv.po else [])  # fmt: skip
+    for i, (label, value) in enumerate(meta):
+        pdf.text_at(120, 32 + 5 * i, 40, label, size=8, bold=True)
+        pdf.text_at(160, 32 + 5 * i, 35, value, size=8, align="R")
+    pdf.text_at(15, 42, 80, t["bill_to"], size=8, bold=True)
+    for i, line in enumerate(inv.customer):
+        pdf.text_at(15, 47 + 4.5 * i, 80, line, size=8)
+    cols = [("#", 15, 8, "R"), (t["desc"], 26, 90, "L"), (t["qty"], 118, 18, "R"),
+            (t["price"], 136, 30, "R"), (t["amount"], 166, 29, "R")]  # fmt: skip
+    y = 72.0
+    for title, x, w, align in cols:
+        pdf.text_at(x, y, w, title, size=8.5, bold=True, align=align)
+    pdf.line(15, y + 4.5, 195, y + 4.5)
+    y += 7
+    for pos, item in enumerate(inv.items, start=1):
+        words = item["description"].split()
+        first, rest = item["description"], ""
+        if len(item["description"]) > 18 and len(words) > 2:  # wrap long descriptions onto a second line
+            half = len(words) // 2
+            first, rest = " ".join(words[:half]), " ".join(words[half:])
+        pdf.text_at(15, y, 8, str(pos), size=8.5, align="R")
+        pdf.text_at(26, y, 90, first, size=8.5)
+        pdf.text_at(118, y, 18, f"{_qty(item['quantity'], inv.lang)} {item['_unit']}", size=8.5, align="R")
+        pdf.text_at(136, y, 30, _money(item["unit_price"], inv.lang), size=8.5, align="R")
+        pdf.text_at(166, y, 29, _money(sign * item["line_total"], inv.lang), size=8.5, align="R")
+        y += 4.2
+        if rest:
+            pdf.text_at(26, y, 90, rest, size=8.5)
+            y += 4.2
+        pdf.text_at(26, y, 90, f"EAN: {4000000000000 + 7919 * pos + len(first)}", size=7)
+        y += 6
+    y += 6
+    titles = [t["subtotal"], t["tax"], t["total_short"]]
+    values = [inv.subtotal, inv.tax, inv.total]
+    for i, (title, value) in enumerate(zip(titles, values, strict=True)):
+        pdf.text_at(105 + 30 * i, y, 30, title, size=8.5, bold=True, align="R")
+        pdf.text_at(
+            105 + 30 * i, y + 5, 30, f"{_money(sign * value, inv.lang)} {inv.currency}", size=8.5, align="R"
+        )
+    pdf.text_at(15, y + 16, 180, t["terms"], size=8)
+
+
 def _footer_pages(pdf: _Doc, inv: _Invoice) -> None:
     total = pdf.page_no()
     if total < 2:
@@ -540,22 +599,35 @@ def _footer_pages(pdf: _Doc, inv: _Invoice) -> None:
 
 
 def generate_invoice(
-    seed: int, layout: str, lang: str, *, n_items: int | None = None, mismatch: bool = False
+    seed: int,
+    layout: str,
+    lang: str,
+    *,
+    n_items: int | None = None,
+    mismatch: bool = False,
+    credit_note: bool = False,
 ) -> tuple[bytes, dict[str, Any]]:
     """Render one invoice and return (PDF bytes, ground truth in the schema's shape).
 
     Deterministic for (seed, layout, lang).  ``n_items`` above ~30 makes the table continue on page 2;
     ``mismatch`` prints a subtotal that differs from the sum of the lines (a document to flag for review).
+    ``credit_note`` (layout "ledger" only) titles the document as a credit note and prints its amounts
+    negative; the ground truth keeps them positive, as EN 16931 credit notes (type 381) do.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout not in ALL_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {ALL_LAYOUTS}")
+    if credit_note and layout != "ledger":
+        raise ValueError("credit_note is drawn by the 'ledger' layout only")
     if lang not in LANGS:
         raise ValueError(f"unknown language {lang!r}; choose from {LANGS}")
     inv = _build(seed, layout, lang, n_items, mismatch)
     pdf = _Doc()
     pdf.set_title(f"{TEXT[lang]['title'].title()} {inv.number}")
     pdf.set_author(inv.vendor[0])
-    {"classic": _render_classic, "modern": _render_modern, "compact": _render_compact}[layout](pdf, inv)
+    if layout == "ledger":
+        _render_ledger(pdf, inv, credit_note)
+    else:
+        {"classic": _render_classic, "modern": _render_modern, "compact": _render_compact}[layout](pdf, inv)
     _footer_pages(pdf, inv)
     data = bytes(pdf.output())
     truth: dict[str, Any] = {
@@ -572,6 +644,7 @@ def generate_invoice(
         "_source": f"invoiceflow.samples.generate_invoice(seed={seed}, layout={layout!r}, lang={lang!r}"
         + (f", n_items={n_items}" if n_items is not None else "")
         + (", mismatch=True" if mismatch else "")
+        + (", credit_note=True" if credit_note else "")
         + ")",
         "_lang": lang,
         "_layout": layout,

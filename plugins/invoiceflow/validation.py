@@ -1,7 +1,17 @@
 """Normalise extracted invoices, then validate them with pandera and decide what finance can trust.
 
 Validation is lazy: every problem of a document is collected as a named issue code, so a reviewer sees the whole
-list at once. A document with any issue becomes ``needs_review``; the others are ``auto_approved``.
+list at once. A document with any issue becomes ``needs_review``; a hard duplicate (same vendor and normalised
+invoice number as a live invoice) becomes ``blocked`` and never reaches the ERP; the others are ``auto_approved``.
+
+Settings (environment, read at call time):
+
+* ``INVOICEFLOW_TOTALS_TOLERANCE`` absolute tolerance of the arithmetic checks (default 0.02 currency units)
+* ``INVOICEFLOW_MAX_FUTURE_DAYS`` how far the invoice date may lie in the future (default 31 days)
+* ``INVOICEFLOW_MAX_AGE_YEARS`` how old an invoice may be (default 15 years)
+* ``INVOICEFLOW_MAX_TAX_RATE`` highest plausible tax ÷ subtotal (default 0.30)
+* ``INVOICEFLOW_SOFT_DUPLICATE_DAYS`` same vendor and amount within this many days: review (default 7)
+* vendor matching thresholds: see :mod:`invoiceflow.vendors`
 """
 
 from __future__ import annotations
@@ -9,15 +19,28 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cache
 from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
+import sqlalchemy as sa
 from pandera.typing import Series
+from sqlalchemy.engine import Engine
 
-from invoiceflow.warehouse import HEADER_COLUMNS, LINE_COLUMNS, ValidatedInvoice
+from invoiceflow.vendors import VendorMaster, load_master, name_key
+from invoiceflow.warehouse import (
+    BLOCKED,
+    DUPLICATE_ISSUE,
+    HEADER_COLUMNS,
+    LINE_COLUMNS,
+    ValidatedInvoice,
+    invoice_number_norm,
+)
 
 #: Issue codes and the message a reviewer reads.
 MESSAGES = {
@@ -27,16 +50,65 @@ MESSAGES = {
     "line_items_do_not_match_subtotal": "The line totals do not add up to the subtotal.",
     "line_items_do_not_match_total": "The line totals do not add up to the total (no subtotal printed).",
     "subtotal_plus_tax_does_not_match_total": "Subtotal plus tax does not equal the total.",
+    "implausible_tax_rate": "Tax divided by subtotal is not a plausible tax rate.",
     "invoice_date_in_future": "The invoice date lies in the future.",
     "invoice_date_implausibly_old": "The invoice date is implausibly old.",
     "due_date_before_invoice_date": "The due date is before the invoice date.",
     "invalid_date": "A date could not be parsed as a calendar date.",
-    "invalid_currency": "The currency is not a three-letter ISO 4217 code.",
+    "invalid_currency": "The currency is not a three-letter code.",
+    "unknown_currency": "The currency is not in the ISO 4217 list.",
     "invalid_amount": "An amount is not a number.",
     "line_item_without_total": "A line item has no line total.",
+    "unknown_vendor": "The vendor is not in the vendors master table.",
+    "vendor_match_uncertain": "The vendor only resembles a master vendor: confirm the match.",
+    "invalid_vat_id": "The VAT id fails its check digits.",
+    "invalid_iban": "The IBAN fails its check digits.",
+    DUPLICATE_ISSUE: "Another live invoice has the same vendor and invoice number: blocked from the ERP.",
+    "possible_duplicate": "Another invoice of this vendor has the same amount within a few days.",
 }
 
-OLDEST_PLAUSIBLE = date(1990, 1, 1)
+#: Issues that block an invoice from the ERP outright (the others ask for review).
+BLOCKING = frozenset({DUPLICATE_ISSUE})
+
+#: ISO 4217 minor units that are not 2 (rounding is currency-aware).
+_MINOR_UNITS = {
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+
+
+@cache
+def iso_currencies() -> frozenset[str]:
+    """The ISO 4217 alphabetic codes (pycountry's list, which ships with schwifty)."""
+    import pycountry
+
+    return frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def minor_units(currency: str | None) -> int:
+    return _MINOR_UNITS.get(currency or "", 2)
 
 
 def tolerance() -> float:
@@ -48,8 +120,54 @@ def future_days() -> int:
     return int(os.environ.get("INVOICEFLOW_MAX_FUTURE_DAYS", "31"))
 
 
+def max_age_years() -> int:
+    return int(os.environ.get("INVOICEFLOW_MAX_AGE_YEARS", "15"))
+
+
+def max_tax_rate() -> float:
+    return float(os.environ.get("INVOICEFLOW_MAX_TAX_RATE", "0.30"))
+
+
+def soft_duplicate_days() -> int:
+    return int(os.environ.get("INVOICEFLOW_SOFT_DUPLICATE_DAYS", "7"))
+
+
+def oldest_plausible() -> date:
+    today = date.today()
+    try:
+        return today.replace(year=today.year - max_age_years())
+    except ValueError:  # 29 February
+        return today.replace(year=today.year - max_age_years(), day=28)
+
+
+@cache
+def _vat_valid(value: str) -> bool:
+    from stdnum import vatin
+
+    return bool(vatin.is_valid(value))
+
+
+@cache
+def _iban_valid(value: str) -> bool:
+    from schwifty import IBAN
+
+    try:
+        IBAN(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_or_null(values: pd.Series, check: Any) -> pd.Series:
+    present = values.notna()
+    out = pd.Series(True, index=values.index)
+    if present.any():
+        out[present] = values[present].map(lambda v: check(str(v)))
+    return out.astype(bool)
+
+
 class InvoiceHeaderSchema(pa.DataFrameModel):
-    """One row per invoice, with the line-item sum computed beside the printed amounts."""
+    """One row per invoice, with the line-item sum and the derived duplicate columns beside the printed amounts."""
 
     document_sha256: Series[str] = pa.Field(unique=True)
     invoice_number: Series[str] = pa.Field(nullable=False)
@@ -60,6 +178,12 @@ class InvoiceHeaderSchema(pa.DataFrameModel):
     line_total_sum: Series[float] = pa.Field(nullable=True)
     invoice_date: Series[pd.Timestamp] = pa.Field(nullable=True)
     due_date: Series[pd.Timestamp] = pa.Field(nullable=True)
+    currency: Series[str] = pa.Field(nullable=True)
+    vendor_status: Series[str] = pa.Field(nullable=False)
+    vendor_vat_id: Series[str] = pa.Field(nullable=True)
+    vendor_iban: Series[str] = pa.Field(nullable=True)
+    duplicate_of: Series[str] = pa.Field(nullable=True)
+    soft_duplicate_of: Series[str] = pa.Field(nullable=True)
 
     class Config:
         coerce = True
@@ -81,6 +205,13 @@ class InvoiceHeaderSchema(pa.DataFrameModel):
         checkable = df.subtotal.notna() & df.tax_amount.notna() & df.total_amount.notna()
         return ~checkable | ((df.subtotal + df.tax_amount - df.total_amount).abs() <= tolerance())
 
+    @pa.dataframe_check(name="implausible_tax_rate")
+    def _plausible_tax_rate(cls, df: pd.DataFrame) -> Series[bool]:
+        # Credit notes have a negative subtotal and tax: the rate stays positive.
+        checkable = df.subtotal.notna() & df.tax_amount.notna() & (df.subtotal.abs() > tolerance())
+        rate = df.tax_amount / df.subtotal.where(checkable, 1.0)
+        return ~checkable | ((rate >= -1e-9) & (rate <= max_tax_rate()))
+
     @pa.dataframe_check(name="invoice_date_in_future")
     def _not_in_future(cls, df: pd.DataFrame) -> Series[bool]:
         limit = pd.Timestamp(date.today() + timedelta(days=future_days()))
@@ -88,12 +219,40 @@ class InvoiceHeaderSchema(pa.DataFrameModel):
 
     @pa.dataframe_check(name="invoice_date_implausibly_old")
     def _not_ancient(cls, df: pd.DataFrame) -> Series[bool]:
-        return df.invoice_date.isna() | (df.invoice_date >= pd.Timestamp(OLDEST_PLAUSIBLE))
+        return df.invoice_date.isna() | (df.invoice_date >= pd.Timestamp(oldest_plausible()))
 
     @pa.dataframe_check(name="due_date_before_invoice_date")
     def _due_after_issue(cls, df: pd.DataFrame) -> Series[bool]:
         checkable = df.invoice_date.notna() & df.due_date.notna()
         return ~checkable | (df.due_date >= df.invoice_date)
+
+    @pa.dataframe_check(name="unknown_currency")
+    def _known_currency(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.currency.isna() | df.currency.isin(iso_currencies())
+
+    @pa.dataframe_check(name="unknown_vendor")
+    def _known_vendor(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.vendor_name.isna() | (df.vendor_status != "unknown")
+
+    @pa.dataframe_check(name="vendor_match_uncertain")
+    def _certain_vendor(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.vendor_status != "uncertain"
+
+    @pa.dataframe_check(name="invalid_vat_id")
+    def _vat_id(cls, df: pd.DataFrame) -> Series[bool]:
+        return _valid_or_null(df.vendor_vat_id, _vat_valid)
+
+    @pa.dataframe_check(name="invalid_iban")
+    def _iban(cls, df: pd.DataFrame) -> Series[bool]:
+        return _valid_or_null(df.vendor_iban, _iban_valid)
+
+    @pa.dataframe_check(name=DUPLICATE_ISSUE)
+    def _not_hard_duplicate(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.duplicate_of.isna()
+
+    @pa.dataframe_check(name="possible_duplicate")
+    def _not_soft_duplicate(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.soft_duplicate_of.isna()
 
 
 # --------------------------------------------------------------------------------------------------- normalise
@@ -120,6 +279,16 @@ def _amount(value: Any, issues: set[str]) -> float | None:
     return number
 
 
+def _round(value: float | None, places: int) -> float | None:
+    """Round half up in decimal (``2.675`` -> ``2.68``), not binary float rounding."""
+    if value is None:
+        return None
+    try:
+        return float(Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    except InvalidOperation:
+        return round(value, places)
+
+
 def _iso_date(value: Any, issues: set[str]) -> str | None:
     if value in (None, ""):
         return None
@@ -128,6 +297,13 @@ def _iso_date(value: Any, issues: set[str]) -> str | None:
     except ValueError:
         issues.add("invalid_date")
         return None
+
+
+def _first(merged: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if merged.get(key) not in (None, ""):
+            return merged[key]
+    return None
 
 
 def normalise(merged: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], set[str]]:
@@ -147,9 +323,9 @@ def normalise(merged: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str,
             issues.add("invalid_currency")
             currency = None
     header["currency"] = currency
+    places = minor_units(currency)
     for key in ("subtotal", "tax_amount", "total_amount"):
-        amount = _amount(merged.get(key), issues)
-        header[key] = None if amount is None else round(amount, 2)
+        header[key] = _round(_amount(merged.get(key), issues), places)
     lines = []
     for item in merged.get("line_items") or []:
         line = {
@@ -161,46 +337,188 @@ def normalise(merged: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str,
         if line["line_total"] is None:
             issues.add("line_item_without_total")
         else:
-            line["line_total"] = round(line["line_total"], 2)
+            line["line_total"] = _round(line["line_total"], places)
         if any(v is not None for v in line.values()):
             lines.append(line)
     return header, lines, issues
 
 
+def _extras(merged: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, Any]:
+    """What validation derives beside the printed header (document type, VAT id and IBAN if printed)."""
+    vat = _clean_text(_first(merged, "vendor_vat_id", "vat_id", "seller_vat_id"))
+    iban = _clean_text(_first(merged, "vendor_iban", "iban"))
+    printed_type = str(merged.get("document_type") or "").strip().casefold()
+    total = header.get("total_amount")
+    credit = printed_type in {"credit_note", "credit note", "381"} or (total is not None and total < 0)
+    return {
+        "document_type": "credit_note" if credit else "invoice",
+        "vendor_vat_id": vat.replace(" ", "").upper() if vat else None,
+        "vendor_iban": iban.replace(" ", "").upper() if iban else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    """What validation needs from the warehouse: the vendors master and the live invoices of the same vendors."""
+
+    vendors: VendorMaster = field(default_factory=VendorMaster)
+    existing: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_context(engine: Engine, vendor_keys: Sequence[str] | None = None) -> Context:
+    """Vendors master plus live invoices (not duplicates, not rejected) of these vendor keys."""
+    master = load_master(engine)
+    existing: list[dict[str, Any]] = []
+    if vendor_keys:
+        stmt = sa.text(
+            "SELECT document_sha256, vendor_key, invoice_number_norm, invoice_number, total_amount, currency, "
+            "invoice_date FROM invoices WHERE vendor_key IN :keys AND duplicate_of IS NULL "
+            "AND review_status <> 'rejected'"
+        ).bindparams(sa.bindparam("keys", expanding=True))
+        with engine.connect() as conn:
+            existing = [dict(r._mapping) for r in conn.execute(stmt, {"keys": sorted(set(vendor_keys))})]
+    return Context(master, existing)
+
+
+def _as_date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+def _cents(amount: Any, currency: str | None) -> int | None:
+    if amount is None:
+        return None
+    return round(float(amount) * 10 ** minor_units(currency))
+
+
+def _find_duplicates(rows: list[dict[str, Any]], existing: list[dict[str, Any]]) -> None:
+    """Set ``duplicate_of`` (hard) and ``soft_duplicate_of`` on the rows, against the warehouse and each other.
+
+    The warehouse's live invoices win; inside a batch the first document (by hash) is the original.
+    """
+    hard: dict[tuple[str, str], str] = {}
+    soft: dict[tuple[str, str | None, int], list[tuple[date | None, str, str | None]]] = {}
+    batch_shas = {r["document_sha256"] for r in rows}
+
+    def remember(sha: str, vkey: str | None, num: str | None, amount: Any, currency: Any, day: Any) -> None:
+        if vkey and num:
+            hard.setdefault((vkey, num), sha)
+        cents = _cents(amount, currency)
+        if vkey and cents is not None:
+            soft.setdefault((vkey, currency, cents), []).append((_as_date(day), sha, num))
+
+    for r in existing:
+        if r["document_sha256"] not in batch_shas:
+            remember(
+                r["document_sha256"],
+                r["vendor_key"],
+                r["invoice_number_norm"],
+                r["total_amount"],
+                r["currency"],
+                r["invoice_date"],
+            )
+    window = soft_duplicate_days()
+    for row in sorted(rows, key=lambda r: r["document_sha256"]):
+        sha, vkey, num = row["document_sha256"], row["vendor_key"], row["invoice_number_norm"]
+        original = hard.get((vkey, num)) if vkey and num else None
+        row["duplicate_of"] = original if original and original != sha else None
+        row["soft_duplicate_of"] = None
+        cents = _cents(row["total_amount"], row["currency"])
+        day = _as_date(row["invoice_date"])
+        if not row["duplicate_of"] and vkey and num and cents is not None and day is not None:
+            for other_day, other_sha, other_num in soft.get((vkey, row["currency"], cents), []):
+                if (
+                    other_sha != sha
+                    and other_num
+                    and other_num != num
+                    and other_day
+                    and abs((day - other_day).days) <= window
+                ):
+                    row["soft_duplicate_of"] = other_sha
+                    break
+        if not row["duplicate_of"]:
+            remember(sha, vkey, num, row["total_amount"], row["currency"], row["invoice_date"])
+
+
 # --------------------------------------------------------------------------------------------------- validate
 
 
-def validate(invoices: Mapping[str, Mapping[str, Any]]) -> list[ValidatedInvoice]:
-    """Normalise and validate merged invoices (keyed by document hash); every failure becomes an issue."""
+def validate(
+    invoices: Mapping[str, Mapping[str, Any]],
+    context: Context | None = None,
+    *,
+    engine: Engine | None = None,
+) -> list[ValidatedInvoice]:
+    """Normalise and validate merged invoices (keyed by document hash); every failure becomes an issue.
+
+    ``context`` (or ``engine``, to read it from the warehouse) supplies the vendors master and the invoices already
+    loaded; without either, vendor matching is off and duplicates are looked for inside the batch only.
+    """
     prepared = {sha: normalise(merged) for sha, merged in invoices.items()}
     if not prepared:
         return []
-    frame = pd.DataFrame(
-        [
+    context = context or Context()
+    if engine is not None and not context.vendors:
+        context = Context(load_master(engine), context.existing)
+    rows = []
+    for sha, (header, lines, _) in prepared.items():
+        match = context.vendors.match(header["vendor_name"])
+        extras = _extras(invoices[sha], header)
+        vendor_key = match.key_prefix or (name_key(header["vendor_name"]) if header["vendor_name"] else None)
+        rows.append(
             {
                 "document_sha256": sha,
                 **{c: header[c] for c in HEADER_COLUMNS},
+                **extras,
                 "line_total_sum": (
-                    round(sum(li["line_total"] for li in lines if li["line_total"] is not None), 2)
+                    _round(sum(li["line_total"] for li in lines if li["line_total"] is not None), 6)
                     if lines
                     else None
                 ),
+                "vendor_status": match.status,
+                "vendor_id": match.vendor_id if match.status == "matched" else None,
+                "vendor_match_score": match.score,
+                "vendor_key": vendor_key,
+                "invoice_number_norm": invoice_number_norm(header["invoice_number"]),
             }
-            for sha, (header, lines, _) in prepared.items()
-        ]
-    )
+        )
+    if engine is not None and not context.existing:
+        context.existing = load_context(engine, [r["vendor_key"] for r in rows if r["vendor_key"]]).existing
+    _find_duplicates(rows, context.existing)
+    frame = pd.DataFrame(rows)
     found = {sha: set(codes) for sha, (_, _, codes) in prepared.items()}
     for sha, code in schema_failures(frame):
         found[sha].add(code)
-    return [
-        ValidatedInvoice(
-            document_sha256=sha,
-            header=header,
-            line_items=lines,
-            issues=[{"code": code, "message": MESSAGES[code]} for code in sorted(found[sha])],
-        )
-        for sha, (header, lines, _) in prepared.items()
-    ]
+    results = []
+    for row, (sha, (header, lines, _)) in zip(rows, prepared.items(), strict=True):
+        issues = [
+            {"code": code, "message": MESSAGES[code], "severity": BLOCKED if code in BLOCKING else "review"}
+            for code in sorted(found[sha])
+        ]
+        derived = {
+            k: row[k]
+            for k in (
+                "document_type",
+                "vendor_id",
+                "vendor_match_score",
+                "vendor_key",
+                "invoice_number_norm",
+                "duplicate_of",
+                "vendor_vat_id",
+                "vendor_iban",
+            )
+        }
+        results.append(ValidatedInvoice(sha, header, lines, issues, derived))
+    return results
 
 
 def schema_failures(frame: pd.DataFrame) -> list[tuple[str, str]]:
@@ -208,17 +526,28 @@ def schema_failures(frame: pd.DataFrame) -> list[tuple[str, str]]:
     try:
         InvoiceHeaderSchema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
-        pairs = []
-        for case in err.failure_cases.itertuples():
-            if case.index is None or (isinstance(case.index, float) and math.isnan(case.index)):
-                raise  # a schema-level problem (missing column, bad dtype) is a bug, not a document issue
-            sha = frame.loc[int(case.index), "document_sha256"]
-            code = f"missing_{case.column}" if case.check == "not_nullable" else str(case.check)
-            if code not in MESSAGES:
-                raise
-            pairs.append((sha, code))
-        return pairs
+        cases = err.failure_cases
+        if cases["index"].isna().any():
+            raise  # a schema-level problem (missing column, bad dtype) is a bug, not a document issue
+        codes = (
+            cases["check"]
+            .astype(str)
+            .where(cases["check"] != "not_nullable", "missing_" + cases["column"].astype(str))
+        )
+        if unknown := set(codes) - set(MESSAGES):
+            raise ValueError(f"pandera reported checks without an issue code: {sorted(unknown)}") from err
+        shas = frame["document_sha256"].to_numpy()[cases["index"].astype(int).to_numpy()]
+        return list(zip(shas, codes, strict=True))
     return []
 
 
-__all__ = ["LINE_COLUMNS", "MESSAGES", "InvoiceHeaderSchema", "normalise", "validate"]
+__all__ = [
+    "BLOCKING",
+    "LINE_COLUMNS",
+    "MESSAGES",
+    "Context",
+    "InvoiceHeaderSchema",
+    "load_context",
+    "normalise",
+    "validate",
+]

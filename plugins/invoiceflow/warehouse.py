@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,22 +124,69 @@ def upgrade(engine: Engine, migrations_dir: Path | None = None) -> list[str]:
         )
         done = set(conn.execute(sa.text("SELECT version FROM schema_migrations")).scalars())
     applied = []
+    dialect = engine.dialect.name
     for path in files:
-        if path.name in done:
+        if path.name in done or not _for_dialect(path, dialect):
             continue
         with engine.begin() as conn:
-            for statement in _split_sql(path.read_text()):
+            for statement in _split_sql(path.read_text(), dialect):
                 conn.exec_driver_sql(statement)
             conn.execute(sa.text("INSERT INTO schema_migrations (version) VALUES (:v)"), {"v": path.name})
         log.info("Applied migration %s", path.name)
         applied.append(path.name)
-    return applied
+    views = _apply_views(engine, migrations_dir.parent / "views", done)
+    return applied + views
 
 
-def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements (our migrations keep ``;`` out of literals and comments)."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+def _for_dialect(path: Path, dialect: str) -> bool:
+    """``x.postgres.sql`` runs on PostgreSQL only, ``x.sqlite.sql`` on SQLite only, ``x.sql`` everywhere."""
+    suffixes = path.name.split(".")[1:-1]
+    return not suffixes or suffixes[-1] == ("postgres" if dialect == "postgresql" else dialect)
+
+
+def _apply_views(engine: Engine, views_dir: Path, done: set[str]) -> list[str]:
+    """(Re)create the analyst views of ``sql/views`` when their text changed, all in one transaction."""
+    files = [p for p in sorted(views_dir.glob("*.sql")) if _for_dialect(p, engine.dialect.name)]
+    if not files:
+        return []
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
+    version = f"views@{digest}"
+    if version in done:
+        return []
+    with engine.begin() as conn:
+        for path in files:
+            for statement in _split_sql(path.read_text(), engine.dialect.name):
+                conn.exec_driver_sql(statement)
+        conn.execute(sa.text("INSERT INTO schema_migrations (version) VALUES (:v)"), {"v": version})
+    log.info("Applied %d view files (%s)", len(files), version)
+    return [version]
+
+
+def _split_sql(script: str, dialect: str = "postgresql") -> list[str]:
+    """Split a migration into statements (``;`` stays out of literals and comments, except in ``$$`` bodies).
+
+    ``COMMENT ON`` statements are PostgreSQL-only and skipped on other dialects.
+    """
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    statements, current, quoted = [], [], False
+    for i, part in enumerate(text.split("$$")):
+        if i:
+            current.append("$$")
+            quoted = not quoted
+        if quoted:
+            current.append(part)
+            continue
+        *complete, rest = part.split(";")
+        for piece in complete:
+            current.append(piece)
+            statements.append("".join(current).strip())
+            current = []
+        current.append(rest)
+    statements.append("".join(current).strip())
+    statements = [s for s in statements if s]
+    if dialect != "postgresql":
+        statements = [s for s in statements if not s.upper().startswith("COMMENT ON")]
+    return statements
 
 
 # --------------------------------------------------------------------------------------------------- documents
@@ -283,15 +330,57 @@ def record_job(
         set_document_status(conn, sha, EXTRACTING)
 
 
+def reserve_submission(engine: Engine, sha: str, run_id: str | None, fingerprint: str) -> None:
+    """Count a document as in flight while it uploads, so concurrent tasks see it before it has a job id."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO extraction_jobs (document_sha256, job_id, status, dag_run_id, api_key_fingerprint) "
+                "VALUES (:sha, '', 'submitting', :run, :key) ON CONFLICT (document_sha256) DO UPDATE SET "
+                "job_id = '', status = 'submitting', error_message = NULL, finished_at = NULL, remote_deleted = 0, "
+                "dag_run_id = excluded.dag_run_id, api_key_fingerprint = excluded.api_key_fingerprint"
+            ),
+            {"sha": sha, "run": run_id, "key": fingerprint},
+        )
+
+
+def release_submission(engine: Engine, sha: str) -> None:
+    """The upload failed before a job existed: free the reservation."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM extraction_jobs WHERE document_sha256 = :sha AND status = 'submitting'"),
+            {"sha": sha},
+        )
+
+
 def jobs_in_flight(engine: Engine, fingerprint: str) -> int:
-    """Jobs submitted with this API key and not finished yet, across every task and run."""
+    """Jobs submitted (or uploading) with this API key and not finished yet, across every task and run."""
     with engine.connect() as conn:
         return conn.execute(
             sa.text(
-                "SELECT COUNT(*) FROM extraction_jobs WHERE api_key_fingerprint = :key AND status = 'submitted'"
+                "SELECT COUNT(*) FROM extraction_jobs WHERE api_key_fingerprint = :key "
+                "AND status IN ('submitting', 'submitted')"
             ),
             {"key": fingerprint},
         ).scalar_one()
+
+
+#: Ledger states of a job whose remote outcome is known but whose result is not stored yet.
+REMOTE_DONE_STATES = ("remote_completed", "remote_failed")
+#: Ledger states a retried task reconnects to.
+RECONNECTABLE_JOB_STATES = ("submitted", *REMOTE_DONE_STATES)
+
+
+def mark_jobs_finished_remotely(engine: Engine, outcomes: dict[str, str]) -> None:
+    """The triggerer saw these jobs end (``{job_id: "completed" | "failed"}``): they no longer count in flight."""
+    with engine.begin() as conn:
+        for job_id, outcome in outcomes.items():
+            conn.execute(
+                sa.text(
+                    "UPDATE extraction_jobs SET status = :status WHERE job_id = :job AND status = 'submitted'"
+                ),
+                {"status": f"remote_{outcome}", "job": job_id},
+            )
 
 
 def wait_for_credits(engine: Engine, shas: Sequence[str], reason: str) -> None:
@@ -392,18 +481,30 @@ def extracted_invoices(engine: Engine, shas: Sequence[str]) -> dict[str, dict[st
 
 # --------------------------------------------------------------------------------------------------- load
 
+BLOCKED = "blocked"
+#: The issue a hard duplicate carries (same vendor and normalised number as a live invoice): never sent to the ERP.
+DUPLICATE_ISSUE = "duplicate_invoice"
+_DUPLICATE_MESSAGE = "Another live invoice has the same vendor and invoice number: blocked from the ERP."
+
 
 @dataclass
 class ValidatedInvoice:
-    """One invoice ready to load: normalised header, its line items and the issues validation found."""
+    """One invoice ready to load: normalised header, its line items, the issues validation found and what it derived.
+
+    ``derived`` holds the columns validation computed beside the printed header (``DERIVED_COLUMNS``): document type,
+    matched vendor and score, the duplicate keys, VAT id and IBAN. Missing keys get defaults at load time.
+    """
 
     document_sha256: str
     header: dict[str, Any]
     line_items: list[dict[str, Any]]
     issues: list[dict[str, str]] = field(default_factory=list)
+    derived: dict[str, Any] = field(default_factory=dict)
 
     @property
     def review_status(self) -> str:
+        if any(i.get("severity") == BLOCKED or i["code"] == DUPLICATE_ISSUE for i in self.issues):
+            return BLOCKED
         return NEEDS_REVIEW if self.issues else AUTO_APPROVED
 
 
@@ -419,6 +520,30 @@ HEADER_COLUMNS = (
     "purchase_order_number",
 )
 LINE_COLUMNS = ("description", "quantity", "unit_price", "line_total")
+DERIVED_COLUMNS = (
+    "document_type",
+    "vendor_id",
+    "vendor_match_score",
+    "vendor_key",
+    "invoice_number_norm",
+    "duplicate_of",
+    "vendor_vat_id",
+    "vendor_iban",
+)
+_STAGED_COLUMNS = (*HEADER_COLUMNS, *DERIVED_COLUMNS, "review_status", "review_issues")
+#: Serialises loads on PostgreSQL so the duplicate guard sees every committed invoice (pg_advisory_xact_lock key).
+_LOAD_LOCK = 7_302_115_001
+
+
+def invoice_number_norm(invoice_number: str | None) -> str | None:
+    """An invoice number as compared for duplicates: case-insensitive, whitespace removed."""
+    if not invoice_number:
+        return None
+    return "".join(invoice_number.casefold().split()) or None
+
+
+def _vendor_name_key(vendor_name: str | None) -> str | None:
+    return "n:" + " ".join(vendor_name.casefold().split()) if vendor_name and vendor_name.strip() else None
 
 
 def idempotency_key(vendor_name: str, invoice_number: str) -> str:
@@ -434,173 +559,450 @@ def erp_payload(inv: ValidatedInvoice) -> dict[str, Any]:
     }
 
 
+def _derived(inv: ValidatedInvoice) -> dict[str, Any]:
+    """``DERIVED_COLUMNS`` of an invoice, with defaults for callers that skipped validation."""
+    out = {c: inv.derived.get(c) for c in DERIVED_COLUMNS}
+    if "vendor_key" not in inv.derived:
+        out["vendor_key"] = _vendor_name_key(inv.header.get("vendor_name"))
+    if "invoice_number_norm" not in inv.derived:
+        out["invoice_number_norm"] = invoice_number_norm(inv.header.get("invoice_number"))
+    if not out["document_type"]:
+        total = inv.header.get("total_amount")
+        out["document_type"] = "credit_note" if total is not None and float(total) < 0 else "invoice"
+    return out
+
+
+def _mark_duplicate(inv: ValidatedInvoice, original: str) -> ValidatedInvoice:
+    issues = [i for i in inv.issues if i["code"] != DUPLICATE_ISSUE]
+    issues.append({"code": DUPLICATE_ISSUE, "message": _DUPLICATE_MESSAGE, "severity": BLOCKED})
+    return replace(
+        inv,
+        issues=sorted(issues, key=lambda i: i["code"]),
+        derived={**inv.derived, **_derived(inv), "duplicate_of": original},
+    )
+
+
+def _staged_row(inv: ValidatedInvoice) -> dict[str, Any]:
+    return {
+        **{c: inv.header.get(c) for c in HEADER_COLUMNS},
+        **_derived(inv),
+        "review_status": inv.review_status,
+        "review_issues": json.dumps([i["code"] for i in inv.issues]),
+    }
+
+
 def load_batch(engine: Engine, batch_id: str, invoices: Sequence[ValidatedInvoice]) -> dict[str, int]:
     """Staging, then one set-based merge into the core tables, all in one transaction.
 
     Re-running the same batch rewrites the same rows (upsert on the document hash) and never duplicates. Approved
     invoices enter the ERP outbox in the same transaction, so an invoice is never loaded without its outbox row.
+    Invoices a person already reviewed are left alone. A hard duplicate (same vendor and normalised number as a live
+    invoice, in the warehouse or earlier in the batch) is recorded as ``blocked`` with ``duplicate_of``: the
+    database's unique index is never what stops it, and it gets no outbox row.
+
+    PostgreSQL: ``COPY`` into the (unlogged) staging tables, then ``INSERT … SELECT … ON CONFLICT`` merges.
+    SQLite: the same statements with parameter batches instead of ``COPY``.
     """
-    shas = [inv.document_sha256 for inv in invoices]
     params = {"batch": batch_id}
+    postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
+        if postgres:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOAD_LOCK})
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the merges sort in memory, not on disk
         conn.execute(sa.text("DELETE FROM staging_invoice_line_items WHERE batch_id = :batch"), params)
         conn.execute(sa.text("DELETE FROM staging_invoices WHERE batch_id = :batch"), params)
         if not invoices:
-            return {"invoices": 0, "line_items": 0, "needs_review": 0, "outbox": 0}
-        cols = ", ".join(HEADER_COLUMNS)
-        binds = ", ".join(f":{c}" for c in HEADER_COLUMNS)
+            return {"invoices": 0, "line_items": 0, "needs_review": 0, "blocked": 0, "outbox": 0}
+        invoices = _dedupe_in_batch(invoices)
+        _stage(conn, batch_id, invoices, postgres)
+        invoices = _guard_against_warehouse(conn, batch_id, invoices)
+        staged = "SELECT document_sha256 FROM staging_invoices WHERE batch_id = :batch"
+        cols = ", ".join(_STAGED_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _STAGED_COLUMNS)
         conn.execute(
             sa.text(
-                f"INSERT INTO staging_invoices (batch_id, document_sha256, {cols}, review_status, review_issues) "
-                f"VALUES (:batch, :sha, {binds}, :review_status, :review_issues)"
+                f"INSERT INTO invoices (document_sha256, {cols}) "
+                f"SELECT document_sha256, {cols} FROM staging_invoices "
+                f"WHERE batch_id = :batch ORDER BY document_sha256 ON CONFLICT (document_sha256) DO UPDATE SET {updates}, "
+                "loaded_at = CURRENT_TIMESTAMP"
+            ),
+            params,
+        )
+        conn.execute(sa.text(f"DELETE FROM invoice_line_items WHERE document_sha256 IN ({staged})"), params)
+        line_cols = ", ".join(LINE_COLUMNS)
+        line_count = conn.execute(
+            sa.text(
+                f"INSERT INTO invoice_line_items (document_sha256, line_number, {line_cols}) "
+                f"SELECT document_sha256, line_number, {line_cols} FROM staging_invoice_line_items "
+                "WHERE batch_id = :batch ORDER BY document_sha256, line_number"  # index-ordered: far fewer page misses
+            ),
+            params,
+        ).rowcount
+        conn.execute(sa.text(f"DELETE FROM validation_issues WHERE document_sha256 IN ({staged})"), params)
+        issue_rows = [
+            (inv.document_sha256, i["code"], i["message"], i.get("severity") or "review")
+            for inv in invoices
+            for i in inv.issues
+        ]
+        if issue_rows and postgres:
+            _copy(conn, "validation_issues", ("document_sha256", "code", "message", "severity"), issue_rows)
+        elif issue_rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO validation_issues (document_sha256, code, message, severity) "
+                    "VALUES (:sha, :code, :message, :severity)"
+                ),
+                [dict(zip(("sha", "code", "message", "severity"), r, strict=True)) for r in issue_rows],
+            )
+        approved = [inv for inv in invoices if inv.review_status == AUTO_APPROVED]
+        if postgres:
+            conn.execute(
+                sa.text(
+                    "UPDATE documents SET status = CASE WHEN s.review_status = :ok THEN :loaded ELSE :review END, "
+                    "status_reason = NULL, updated_at = CURRENT_TIMESTAMP FROM staging_invoices s "
+                    "WHERE s.batch_id = :batch AND documents.sha256 = s.document_sha256"
+                ),
+                {**params, "ok": AUTO_APPROVED, "loaded": LOADED, "review": NEEDS_REVIEW},
+            )
+            outbox = _enqueue_outbox_many(conn, approved)
+        else:
+            for inv in invoices:
+                set_document_status(conn, inv.document_sha256, LOADED if not inv.issues else NEEDS_REVIEW)
+            outbox = sum(_enqueue_outbox(conn, inv) for inv in approved)
+        conn.execute(sa.text("DELETE FROM staging_invoice_line_items WHERE batch_id = :batch"), params)
+        conn.execute(sa.text("DELETE FROM staging_invoices WHERE batch_id = :batch"), params)
+    return {
+        "invoices": len(invoices),
+        "line_items": line_count,
+        "needs_review": sum(1 for inv in invoices if inv.review_status == NEEDS_REVIEW),
+        "blocked": sum(1 for inv in invoices if inv.review_status == BLOCKED),
+        "outbox": outbox,
+    }
+
+
+def _dedupe_in_batch(invoices: Sequence[ValidatedInvoice]) -> list[ValidatedInvoice]:
+    """Two documents of one batch with the same vendor and number: the first (by hash) is the original."""
+    first: dict[tuple[str, str], str] = {}
+    out = {}
+    for inv in sorted(invoices, key=lambda i: i.document_sha256):
+        derived = _derived(inv)
+        key = (derived["vendor_key"], derived["invoice_number_norm"])
+        if derived["duplicate_of"] or None in key:
+            out[inv.document_sha256] = inv
+            continue
+        original = first.setdefault(key, inv.document_sha256)
+        out[inv.document_sha256] = inv if original == inv.document_sha256 else _mark_duplicate(inv, original)
+    return [out[inv.document_sha256] for inv in invoices]
+
+
+def _stage(conn: Connection, batch_id: str, invoices: Sequence[ValidatedInvoice], postgres: bool) -> None:
+    header_cols = ("batch_id", "document_sha256", *_STAGED_COLUMNS)
+    line_cols = ("batch_id", "document_sha256", "line_number", *LINE_COLUMNS)
+    if postgres:
+        _copy(
+            conn,
+            "staging_invoices",
+            header_cols,
+            ((batch_id, inv.document_sha256, *_staged_row(inv).values()) for inv in invoices),
+        )
+        _copy(
+            conn,
+            "staging_invoice_line_items",
+            line_cols,
+            (
+                (batch_id, inv.document_sha256, n, *(li.get(c) for c in LINE_COLUMNS))
+                for inv in invoices
+                for n, li in enumerate(inv.line_items, start=1)
+            ),
+        )
+    else:
+        conn.execute(
+            sa.text(
+                f"INSERT INTO staging_invoices ({', '.join(header_cols)}) "
+                f"VALUES ({', '.join(':' + c for c in header_cols)})"
             ),
             [
-                {
-                    "batch": batch_id,
-                    "sha": inv.document_sha256,
-                    **{c: inv.header.get(c) for c in HEADER_COLUMNS},
-                    "review_status": inv.review_status,
-                    "review_issues": json.dumps([i["code"] for i in inv.issues]),
-                }
+                {"batch_id": batch_id, "document_sha256": inv.document_sha256, **_staged_row(inv)}
                 for inv in invoices
             ],
         )
         line_rows = [
-            {"batch": batch_id, "sha": inv.document_sha256, "n": n, **{c: li.get(c) for c in LINE_COLUMNS}}
+            {
+                "batch_id": batch_id,
+                "document_sha256": inv.document_sha256,
+                "line_number": n,
+                **{c: li.get(c) for c in LINE_COLUMNS},
+            }
             for inv in invoices
             for n, li in enumerate(inv.line_items, start=1)
         ]
         if line_rows:
             conn.execute(
                 sa.text(
-                    "INSERT INTO staging_invoice_line_items (batch_id, document_sha256, line_number, "
-                    f"{', '.join(LINE_COLUMNS)}) VALUES (:batch, :sha, :n, {', '.join(':' + c for c in LINE_COLUMNS)})"
+                    f"INSERT INTO staging_invoice_line_items ({', '.join(line_cols)}) "
+                    f"VALUES ({', '.join(':' + c for c in line_cols)})"
                 ),
                 line_rows,
             )
-        updates = ", ".join(
-            f"{c} = excluded.{c}" for c in (*HEADER_COLUMNS, "review_status", "review_issues")
-        )
+
+
+def _guard_against_warehouse(
+    conn: Connection, batch_id: str, invoices: Sequence[ValidatedInvoice]
+) -> list[ValidatedInvoice]:
+    """Inside the load transaction: drop invoices a person reviewed, block duplicates of live invoices."""
+    params = {"batch": batch_id}
+    reviewed = set(
         conn.execute(
             sa.text(
-                f"INSERT INTO invoices (document_sha256, {cols}, review_status, review_issues) "
-                f"SELECT document_sha256, {cols}, review_status, review_issues FROM staging_invoices "
-                f"WHERE batch_id = :batch ON CONFLICT (document_sha256) DO UPDATE SET {updates}, "
-                "loaded_at = CURRENT_TIMESTAMP"
+                "SELECT s.document_sha256 FROM staging_invoices s JOIN invoices i "
+                "ON i.document_sha256 = s.document_sha256 WHERE s.batch_id = :batch AND i.reviewed_at IS NOT NULL"
             ),
             params,
-        )
-        in_batch = sa.bindparam("shas", expanding=True)
-        conn.execute(
-            sa.text("DELETE FROM invoice_line_items WHERE document_sha256 IN :shas").bindparams(in_batch),
-            {"shas": shas},
-        )
+        ).scalars()
+    )
+    duplicates = dict(
         conn.execute(
             sa.text(
-                f"INSERT INTO invoice_line_items (document_sha256, line_number, {', '.join(LINE_COLUMNS)}) "
-                f"SELECT document_sha256, line_number, {', '.join(LINE_COLUMNS)} FROM staging_invoice_line_items "
-                "WHERE batch_id = :batch"
+                "SELECT s.document_sha256, MIN(i.document_sha256) FROM staging_invoices s JOIN invoices i "
+                "ON i.vendor_key = s.vendor_key AND i.invoice_number_norm = s.invoice_number_norm "
+                "AND i.document_sha256 <> s.document_sha256 AND i.duplicate_of IS NULL "
+                "AND i.review_status <> 'rejected' "
+                "WHERE s.batch_id = :batch AND s.duplicate_of IS NULL GROUP BY s.document_sha256"
             ),
             params,
-        )
-        conn.execute(
-            sa.text("DELETE FROM validation_issues WHERE document_sha256 IN :shas").bindparams(in_batch),
-            {"shas": shas},
-        )
-        issue_rows = [
-            {"sha": inv.document_sha256, "code": i["code"], "message": i["message"]}
-            for inv in invoices
-            for i in inv.issues
-        ]
-        if issue_rows:
+        ).all()
+    )
+    duplicates = {sha: orig for sha, orig in duplicates.items() if sha not in reviewed}
+    if not reviewed and not duplicates:
+        return list(invoices)
+    if reviewed:
+        log.info("Leaving %d invoices a person reviewed as they are", len(reviewed))
+        for table in ("staging_invoice_line_items", "staging_invoices"):
             conn.execute(
                 sa.text(
-                    "INSERT INTO validation_issues (document_sha256, code, message) VALUES (:sha, :code, :message)"
-                ),
-                issue_rows,
+                    f"DELETE FROM {table} WHERE batch_id = :batch AND document_sha256 IN :shas"
+                ).bindparams(sa.bindparam("shas", expanding=True)),
+                {**params, "shas": sorted(reviewed)},
             )
-        outbox = 0
-        for inv in invoices:
-            set_document_status(conn, inv.document_sha256, LOADED if not inv.issues else NEEDS_REVIEW)
-            if not inv.issues:
-                outbox += _enqueue_outbox(conn, inv)
-        conn.execute(sa.text("DELETE FROM staging_invoice_line_items WHERE batch_id = :batch"), params)
-        conn.execute(sa.text("DELETE FROM staging_invoices WHERE batch_id = :batch"), params)
+    out = []
+    for inv in invoices:
+        if inv.document_sha256 in reviewed:
+            continue
+        if inv.document_sha256 in duplicates:
+            inv = _mark_duplicate(inv, duplicates[inv.document_sha256])
+            conn.execute(
+                sa.text(
+                    "UPDATE staging_invoices SET duplicate_of = :orig, review_status = :status, "
+                    "review_issues = :issues WHERE batch_id = :batch AND document_sha256 = :sha"
+                ),
+                {
+                    **params,
+                    "orig": inv.derived["duplicate_of"],
+                    "status": inv.review_status,
+                    "issues": json.dumps([i["code"] for i in inv.issues]),
+                    "sha": inv.document_sha256,
+                },
+            )
+        out.append(inv)
+    return out
+
+
+def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``COPY table (columns) FROM STDIN`` on the SQLAlchemy connection's own psycopg connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+_OUTBOX_INSERT = (
+    "INSERT INTO erp_outbox (idempotency_key, document_sha256, payload, payload_hash, status) "
+    "VALUES (:key, :sha, :payload, :hash, 'pending') ON CONFLICT DO NOTHING"
+)
+
+
+def _outbox_row(inv: ValidatedInvoice) -> dict[str, Any]:
+    payload = json.dumps(erp_payload(inv), sort_keys=True, default=str)
     return {
-        "invoices": len(invoices),
-        "line_items": len(line_rows),
-        "needs_review": sum(1 for inv in invoices if inv.issues),
-        "outbox": outbox,
+        "key": idempotency_key(inv.header["vendor_name"], inv.header["invoice_number"]),
+        "sha": inv.document_sha256,
+        "payload": payload,
+        "hash": hashlib.sha256(payload.encode()).hexdigest(),
     }
 
 
 def _enqueue_outbox(conn: Connection, inv: ValidatedInvoice) -> int:
     """Insert the outbox row of an approved invoice once; an invoice already queued (or posted) is left alone."""
-    payload = json.dumps(erp_payload(inv), sort_keys=True, default=str)
-    return conn.execute(
-        sa.text(
-            "INSERT INTO erp_outbox (idempotency_key, document_sha256, payload, payload_hash, status) "
-            "VALUES (:key, :sha, :payload, :hash, 'pending') ON CONFLICT DO NOTHING"
-        ),
-        {
-            "key": idempotency_key(inv.header["vendor_name"], inv.header["invoice_number"]),
-            "sha": inv.document_sha256,
-            "payload": payload,
-            "hash": hashlib.sha256(payload.encode()).hexdigest(),
-        },
+    return conn.execute(sa.text(_OUTBOX_INSERT), _outbox_row(inv)).rowcount
+
+
+def _enqueue_outbox_many(conn: Connection, invoices: Sequence[ValidatedInvoice]) -> int:
+    """``_enqueue_outbox`` for a whole batch on PostgreSQL: COPY into a temporary table, one insert (same rows)."""
+    if not invoices:
+        return 0
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS tmp_outbox (idempotency_key TEXT, document_sha256 TEXT, payload TEXT, "
+        "payload_hash TEXT) ON COMMIT DELETE ROWS"
+    )
+    _copy(
+        conn,
+        "tmp_outbox",
+        ("idempotency_key", "document_sha256", "payload", "payload_hash"),
+        (tuple(_outbox_row(inv).values()) for inv in invoices),
+    )
+    inserted = conn.exec_driver_sql(
+        "INSERT INTO erp_outbox (idempotency_key, document_sha256, payload, payload_hash, status) "
+        "SELECT idempotency_key, document_sha256, payload, payload_hash, 'pending' FROM tmp_outbox "
+        "ORDER BY document_sha256 ON CONFLICT DO NOTHING"
     ).rowcount
+    conn.exec_driver_sql("DELETE FROM tmp_outbox")
+    return inserted
 
 
 # --------------------------------------------------------------------------------------------------- ERP outbox
 
 #: Outbox states the relay still has to act on. ``unknown`` means sent without an answer: read back first.
 RELAY_STATES = ("pending", "unknown")
+#: States nothing acts on any more (``dead_letter`` waits for an analyst: see :func:`requeue_outbox`).
+OUTBOX_TERMINAL_STATES = ("posted", "duplicate", "rejected", "dead_letter")
+#: Failures (a send without an answer, a refused batch, a failed read-back) before a row goes to ``dead_letter``.
+DEFAULT_MAX_OUTBOX_FAILURES = 5
+
+_OUTBOX_KEYS = sa.bindparam("keys", expanding=True)
 
 
 def outbox_keys_to_relay(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT idempotency_key FROM erp_outbox WHERE status IN ('pending', 'unknown') ORDER BY created_at"
+                "SELECT idempotency_key FROM erp_outbox WHERE status IN ('pending', 'unknown') "
+                "ORDER BY created_at, idempotency_key"
             )
         )
         return list(rows.scalars())
 
 
 def outbox_rows(engine: Engine, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows among ``keys`` still to relay (``pending`` or ``unknown``), in key order."""
     if not keys:
         return []
     stmt = sa.text(
-        "SELECT idempotency_key, document_sha256, payload, status, attempts FROM erp_outbox "
-        "WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown') ORDER BY idempotency_key"
-    ).bindparams(sa.bindparam("keys", expanding=True))
+        "SELECT idempotency_key, document_sha256, payload, payload_hash, status, attempts, failures, batch_key, "
+        "last_error FROM erp_outbox WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown') "
+        "ORDER BY idempotency_key"
+    ).bindparams(_OUTBOX_KEYS)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt, {"keys": list(keys)})]
 
 
-def mark_outbox_in_flight(engine: Engine, keys: Iterable[str]) -> None:
+def mark_outbox_in_flight(engine: Engine, keys: Iterable[str], batch_key: str | None = None) -> None:
     """Before sending: a crash from here on leaves ``unknown``, which is read back before any resend."""
     stmt = sa.text(
-        "UPDATE erp_outbox SET status = 'unknown', attempts = attempts + 1, updated_at = CURRENT_TIMESTAMP "
-        "WHERE idempotency_key IN :keys"
-    ).bindparams(sa.bindparam("keys", expanding=True))
+        "UPDATE erp_outbox SET status = 'unknown', attempts = attempts + 1, "
+        "batch_key = COALESCE(:batch_key, batch_key), updated_at = CURRENT_TIMESTAMP "
+        "WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown')"
+    ).bindparams(_OUTBOX_KEYS)
     with engine.begin() as conn:
-        conn.execute(stmt, {"keys": list(keys)})
+        conn.execute(stmt, {"keys": list(keys), "batch_key": batch_key})
+
+
+def release_outbox(engine: Engine, keys: Iterable[str], error: str) -> None:
+    """The ERP applied nothing (e.g. rate-limited): the rows go back to ``pending``, no failure counted."""
+    stmt = sa.text(
+        "UPDATE erp_outbox SET status = 'pending', last_error = :error, updated_at = CURRENT_TIMESTAMP "
+        "WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown')"
+    ).bindparams(_OUTBOX_KEYS)
+    with engine.begin() as conn:
+        conn.execute(stmt, {"keys": list(keys), "error": error})
 
 
 def record_outbox_outcomes(
     engine: Engine, outcomes: Iterable[tuple[str, str, str | None, str | None]]
 ) -> None:
-    """Store ``(key, status, remote_id, error)`` per item, in one transaction."""
+    """Store ``(key, status, remote_id, error)`` per item, in one transaction.
+
+    ``unknown`` (sent, no answer) counts as a failure; the relay reads such rows back before anything is resent.
+    """
+    rows = [
+        {
+            "key": key,
+            "status": status,
+            "remote": remote_id,
+            "error": error,
+            "inc": 1 if status == "unknown" else 0,
+            "fin": 1 if status in OUTBOX_TERMINAL_STATES else 0,
+        }
+        for key, status, remote_id, error in outcomes
+    ]
+    if not rows:
+        return
     with engine.begin() as conn:
-        for key, status, remote_id, error in outcomes:
-            conn.execute(
-                sa.text(
-                    "UPDATE erp_outbox SET status = :status, remote_id = COALESCE(:remote, remote_id), "
-                    "last_error = :error, updated_at = CURRENT_TIMESTAMP WHERE idempotency_key = :key"
-                ),
-                {"status": status, "remote": remote_id, "error": error, "key": key},
-            )
+        conn.execute(
+            sa.text(
+                "UPDATE erp_outbox SET status = :status, remote_id = COALESCE(:remote, remote_id), "
+                "last_error = :error, failures = failures + :inc, "
+                "finished_at = CASE WHEN :fin = 1 THEN CURRENT_TIMESTAMP ELSE finished_at END, "
+                "updated_at = CURRENT_TIMESTAMP WHERE idempotency_key = :key"
+            ),
+            rows,
+        )
+
+
+def record_outbox_failures(
+    engine: Engine,
+    keys: Iterable[str],
+    error: str,
+    *,
+    status: str,
+    max_failures: int = DEFAULT_MAX_OUTBOX_FAILURES,
+) -> None:
+    """Count one failure per row and leave it in ``status`` (``pending`` if nothing was applied, else
+    ``unknown``), or move it to ``dead_letter`` once it has failed ``max_failures`` times."""
+    stmt = sa.text(
+        "UPDATE erp_outbox SET failures = failures + 1, last_error = :error, "
+        "status = CASE WHEN failures + 1 >= :max THEN 'dead_letter' ELSE :status END, "
+        "finished_at = CASE WHEN failures + 1 >= :max THEN CURRENT_TIMESTAMP ELSE finished_at END, "
+        "updated_at = CURRENT_TIMESTAMP WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown')"
+    ).bindparams(_OUTBOX_KEYS)
+    with engine.begin() as conn:
+        conn.execute(stmt, {"keys": list(keys), "error": error, "status": status, "max": max_failures})
+
+
+def dead_letter_outbox(engine: Engine, keys: Iterable[str], reason: str) -> None:
+    """Give up on rows now (e.g. the payload no longer matches its hash); ``reason`` is what analysts see."""
+    stmt = sa.text(
+        "UPDATE erp_outbox SET status = 'dead_letter', last_error = :reason, finished_at = CURRENT_TIMESTAMP, "
+        "updated_at = CURRENT_TIMESTAMP WHERE idempotency_key IN :keys AND status IN ('pending', 'unknown')"
+    ).bindparams(_OUTBOX_KEYS)
+    with engine.begin() as conn:
+        conn.execute(stmt, {"keys": list(keys), "reason": reason})
+
+
+def outbox_attention(engine: Engine) -> list[dict[str, Any]]:
+    """Rejected and dead-lettered invoices with the reason (the ``erp_outbox_attention`` view)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT * FROM erp_outbox_attention ORDER BY status, updated_at, idempotency_key")
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def requeue_outbox(engine: Engine, keys: Sequence[str]) -> int:
+    """An analyst retries dead-lettered rows: ones that were ever sent come back as ``unknown`` (read back
+    first, so a bill the ERP did store is linked, not posted again), the others as ``pending``."""
+    stmt = sa.text(
+        "UPDATE erp_outbox SET status = CASE WHEN attempts > 0 THEN 'unknown' ELSE 'pending' END, "
+        "failures = 0, finished_at = NULL, updated_at = CURRENT_TIMESTAMP "
+        "WHERE idempotency_key IN :keys AND status = 'dead_letter'"
+    ).bindparams(_OUTBOX_KEYS)
+    with engine.begin() as conn:
+        return conn.execute(stmt, {"keys": list(keys)}).rowcount
+
+
+def outbox_status_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM erp_outbox GROUP BY status"))
+        return {status: int(n) for status, n in rows}
 
 
 # --------------------------------------------------------------------------------------------------- reporting

@@ -20,11 +20,13 @@ Contract of :class:`ErpConnector` (what the relay may rely on, for every impleme
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +62,7 @@ class ErpConnector(Protocol):
 
     def post_bills(self, bills: list[dict], batch_key: str) -> list[BillOutcome]: ...
 
-    def find_bill(self, reference: str) -> str | None: ...
+    def find_bill(self, reference: str, *, bill: dict | None = None) -> str | None: ...
 
     def find_bills(self, vendor_name: str, invoice_number: str) -> list[dict]: ...
 
@@ -116,6 +118,12 @@ class RetryableResponse(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (~30 ms of CPU), too much per task."""
+    return httpx.create_ssl_context()
 
 
 def json_default(value: Any) -> Any:

@@ -28,6 +28,7 @@ from invoiceflow.erp.base import (
     error_message,
     json_default,
     retry_after_seconds,
+    shared_ssl_context,
 )
 
 __all__ = [
@@ -80,7 +81,11 @@ class SandboxErpClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=shared_ssl_context(),
         )
         self.max_retries = max_retries
         self.backoff = backoff

@@ -43,6 +43,7 @@ from invoiceflow.erp.base import (
     log_outcomes,
     logger,
     normalize_key,
+    shared_ssl_context,
     to_decimal,
 )
 
@@ -98,6 +99,7 @@ class QuickBooksConnector:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
+            verify=shared_ssl_context(),
             headers={"Accept": "application/json", "User-Agent": "invoiceflow-erp-quickbooks"},
         )
         self._static_token = access_token

@@ -29,6 +29,7 @@ from invoiceflow.erp.base import (
     check_batch,
     json_default,
     log_outcomes,
+    shared_ssl_context,
 )
 
 SIGNATURE_HEADER = "X-Invoiceflow-Signature"
@@ -89,7 +90,10 @@ class WebhookConnector:
         self._sleep = sleep
         self._clock = clock
         self._client = httpx.Client(
-            timeout=timeout, transport=transport, headers={"User-Agent": "invoiceflow-webhook"}
+            timeout=timeout,
+            transport=transport,
+            verify=shared_ssl_context(),
+            headers={"User-Agent": "invoiceflow-webhook"},
         )
 
     def __enter__(self) -> WebhookConnector:

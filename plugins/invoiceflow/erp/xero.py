@@ -40,6 +40,7 @@ from invoiceflow.erp.base import (
     logger,
     normalize_key,
     retry_after_seconds,
+    shared_ssl_context,
     split_tax,
     to_decimal,
 )
@@ -98,6 +99,7 @@ class XeroConnector:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
+            verify=shared_ssl_context(),
             headers={"Accept": "application/json", "User-Agent": "invoiceflow-erp-xero"},
         )
         self.tokens = OAuthTokens(

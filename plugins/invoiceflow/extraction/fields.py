@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .textlayer import Line, PageText, Segment
-from .values import detect_currency, find_amounts, parse_amount, parse_date, parse_number
+from .values import detect_currency, find_amounts, parse_date
 
 # field -> labels (lower case, single spaces). The longest matching label wins, so "due date" beats "date"
 # and "order date" (ignored, field None) beats "order".
@@ -40,19 +40,19 @@ LABELS: dict[str | None, list[str]] = {
         "total excl vat", "nettobetrag", "netto", "zwischensumme", "summe netto", "gesamt netto",
         "gesamtbetrag netto", "warenwert netto", "rechnungssumme ohne ust", "total ht", "montant ht",
         "summe ohne ust", "rechnungssumme ohne ust.", "base imponible", "subtotaal", "totaal excl. btw",
-        "totaal excl btw", "imponibile", "totale imponibile", "total hors taxes", "netto bedrag", "nettobedrag",
+        "totaal excl btw", "rechnungssumme netto", "summe netto", "nettosumme", "imponibile", "totale imponibile", "total hors taxes", "netto bedrag", "nettobedrag",
     ],
     "tax_amount": [
         "tax", "vat", "sales tax", "total tax", "total taxes", "total vat", "tax amount", "vat amount", "tax total", "mwst", "mwst.",
         "ust", "ust.", "umsatzsteuer", "mehrwertsteuer", "steuerbetrag", "zzgl. mwst", "zzgl. ust",
         "plus vat", "tva", "btw", "montant tva", "total taxes", "total tva", "zuzügl. ust", "zuzügl. mwst",
         "steuerbetrag in", "iva", "total iva", "cuota iva", "importe iva", "imposta", "totale iva", "iva totale",
-        "btw bedrag", "totaal btw", "mwst-betrag", "ust.-betrag", "ust-betrag", "steuer",
+        "btw bedrag", "summe umsatzsteuer", "summe mwst", "summe ust", "totaal btw", "mwst-betrag", "ust.-betrag", "ust-betrag", "steuer",
     ],
     "total_amount": [
         "total", "total due", "amount due", "grand total", "total amount", "invoice total", "balance due",
         "total payable", "amount payable", "gesamtbetrag", "bruttobetrag", "gesamtsumme", "rechnungsbetrag",
-        "endbetrag", "zahlbetrag", "bruttosumme", "summe brutto", "gesamt brutto", "gesamtbetrag brutto",
+        "endbetrag", "rechnungssumme brutto", "zahlbetrag", "bruttosumme", "summe brutto", "gesamt brutto", "gesamtbetrag brutto",
         "total ttc", "totaal", "te betalen", "bruttosumme", "summe inkl. ust", "summe inkl. mwst",
         "total factura", "importe total", "totale fattura", "totale documento", "totale", "totaal incl. btw",
         "totaal incl btw", "net à payer", "montant ttc", "total a pagar", "da pagare", "endsumme",
@@ -63,11 +63,12 @@ LABELS: dict[str | None, list[str]] = {
         "your order", "customer order", "bestellnummer", "bestell-nr", "bestellnr", "bestellung",
         "ihre bestellung", "ihre bestellnummer", "auftragsnummer", "auftrags-nr", "bon de commande",
         "votre référence", "n° de commande", "numéro de commande", "commande", "bestelnummer", "inkoopordernummer",
-        "uw referentie", "pedido", "nº pedido", "número de pedido", "orden de compra", "ordine", "ordine n",
+        "uw referentie", "your reference", "your ref", "your ref.", "ihre referenz", "su referencia",
+        "vostro riferimento", "buyer reference", "customer reference", "pedido", "nº pedido", "número de pedido", "orden de compra", "ordine", "ordine n",
         "numero ordine", "rif. ordine", "bestell-nr.", "bestellung nr", "order ref", "order reference",
     ],
     "vendor_name": [
-        "from", "seller", "vendor", "supplier", "lieferant", "verkäufer", "rechnungssteller", "vendeur",
+        "from", "seller", "vendor", "supplier", "lieferant", "verkäufer", "rechnungssteller", "rechnungsersteller", "vendeur",
         "fournisseur", "émetteur", "verkoper", "leverancier", "fornitore", "cedente", "proveedor", "vendedor", "emisor",
     ],
     None: [
@@ -120,34 +121,14 @@ _LABEL_INDEX: list[tuple[str, str | None]] = sorted(
 _CURRENCY_LABELS = ("currency", "währung", "devise", "valuta")
 _MONEY_RE = re.compile(r"\d[.,]\d{2}(?!\d)")
 
-# Column header words for line-item tables.
-ITEM_COLUMNS: dict[str, set[str]] = {
-    "description": {
-        "description", "item", "items", "article", "product", "service", "services", "details",
-        "beschreibung", "bezeichnung", "artikel", "artikelbezeichnung", "leistung", "leistungen",
-        "désignation", "omschrijving", "produkt", "descripción", "descripcion", "concepto", "artículo",
-        "descrizione", "articolo", "prodotto", "libellé", "produit", "positionen",
-    },
-    "quantity": {"qty", "qty.", "quantity", "menge", "anzahl", "qté", "quantité", "aantal", "hours", "units", "stk",
-                 "cantidad", "cant.", "quantità", "qtà", "q.tà", "uds"},
-    "unit_price": {
-        "price", "rate", "unit price", "unit cost", "einzelpreis", "preis", "e-preis", "stückpreis",
-        "nettopreis", "prix", "prix unitaire", "p.u.", "prijs", "ep", "precio", "precio unitario", "prezzo",
-        "prezzo unitario", "stuksprijs",
-    },
-    "line_total": {
-        "amount", "total", "line total", "gesamt", "gesamtpreis", "betrag", "nettobetrag", "summe", "montant",
-        "total ht", "bedrag", "gesamtbetrag", "net amount", "importe", "importo", "totaal", "totale",
-    },
-}  # fmt: skip
-
 
 def norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
 def match_label(text: str) -> tuple[str | None, str, str] | None:
-    """(field, label, remainder) if ``text`` starts with a known label, else None."""
+    """(field, label, remainder) if ``text`` starts with a known label, else None (bullets are skipped)."""
+    text = text.lstrip("*•·–- \t")
     low = norm(text)
     for label, fld in _LABEL_INDEX:
         if not low.startswith(label):
@@ -169,6 +150,16 @@ class Candidate:
     score: float = 1.0
 
 
+_DATE_TOKEN = re.compile(
+    r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:[0-2]\d|3[01])"
+)
+
+
+def _is_date_token(token: str) -> bool:
+    """The whole token is a date ("05.06.2018", "20140519"), not an id that contains one ("RE-20140519/499")."""
+    return _DATE_TOKEN.fullmatch(token.strip(".,;:()")) is not None
+
+
 def _id_value(text: str, *, reject_dates: bool) -> str | None:
     for token in text.split():
         token = token.strip(",;:()")
@@ -176,7 +167,7 @@ def _id_value(text: str, *, reject_dates: bool) -> str | None:
             token = token[1:]
         if not token or not any(ch.isdigit() for ch in token):
             continue
-        if reject_dates and parse_date(token):
+        if reject_dates and _is_date_token(token):
             return None
         return token
     return None
@@ -246,6 +237,7 @@ _LABEL_LINE = re.compile(r"^[^:]{1,40}:")
 _NAME_LABELS = ("name", "firma", "company", "raison sociale", "nom", "naam", "nombre", "ragione sociale")
 _TITLE_RE = re.compile(
     r"(?:^|\s)(?:\w*rechnung\w*|\w*invoice|facture|avoir|factuur|fattura|factura|gutschrift|credit note|nota di credito)"
+    r"(?:(?:\s+(?!(?:nr|no|n[°º]|number|nummer)\b)[^\s\d#:]+){1,4}(?:\s*\(\d+\))?\s*(?=(?:nr\.?|no\.?|n[°º]\.?|#|number|nummer)\s))?"
     r"(?:\s*\(\d+\))?\s*(?:nr\.?|no\.?|n[°º]\.?|#|number|nummer|num\.?|número|numero|n\.)?\s*:?\s*"
     r"(?P<id>[A-Za-z]{0,8}[-/]?[0-9][\w\-/.]*)"
     r"(?:\s+(?:vom|du|dated|of|del|van|dd\.?|from)\s+(?P<date>.+))?",
@@ -265,6 +257,14 @@ def _clean_name(text: str) -> str | None:
     return text
 
 
+def _followed_by_colon(line: Line, cell: Segment) -> bool:
+    """The next cell on the line starts with ':' (a label and its value printed as two cells)."""
+    for seg in line.segments:
+        if seg.x0 > cell.x1:
+            return seg.text.startswith(":")
+    return False
+
+
 def _vendor_below(lines: list[Line], index: int, seg: Segment) -> str | None:
     """The seller's name in the block under a "Seller:"-style heading (skips ids, takes a "Name:" field)."""
     pending: list[str] = []
@@ -277,7 +277,9 @@ def _vendor_below(lines: list[Line], index: int, seg: Segment) -> str | None:
         low = norm(text)
         if low.startswith(_BUYER_HEADINGS):
             break
-        if _LABEL_LINE.match(text) or low.rstrip(":") in _NAME_LABELS:
+        if (
+            _LABEL_LINE.match(text) or low.rstrip(":") in _NAME_LABELS or _followed_by_colon(nxt, cell)
+        ):  # "Name: ...", or a "Nummer | : 549910" pair printed as two cells
             label = low.split(":", 1)[0].strip()
             if label in _NAME_LABELS:
                 rest = text.split(":", 1)[1].strip() if ":" in text else ""
@@ -333,13 +335,72 @@ def _title_candidates(line: Line, prefer_dmy: bool) -> dict[str, Any]:
     if not m:
         return {}
     ident = m.group("id").rstrip(".,;:")
-    if parse_date(ident) or not any(ch.isdigit() for ch in ident) or len(ident) < 3:
+    if _is_date_token(ident) or not any(ch.isdigit() for ch in ident) or len(ident) < 3:
         return {}
     out: dict[str, Any] = {"invoice_number": ident}
     if m.group("date"):
         issued = parse_date(m.group("date"), prefer_dmy=prefer_dmy)
         if issued:
             out["invoice_date"] = issued
+    return out
+
+
+_PO_SENTENCE = re.compile(
+    r"\b(?:bestellung|bestellnummer|purchase order|order|commande|pedido|ordine|bestelling)\s*"
+    r"(?:nr\.?|no\.?|number|nummer|n[°º]\.?|#)\s*:?\s*(?P<id>[A-Za-z0-9][\w\-/.]*)",
+    re.IGNORECASE,
+)
+_DUE_SENTENCE = re.compile(
+    r"\b(?:zahlbar|payable|payment due|due|fällig|à payer|betaalbaar|pagadero|pagabile)\b[^.:;]{0,50}?"
+    r"\b(?:bis zum|bis|by|until|before|on|am|avant le|le|voor|antes del|entro il)\s+(?P<date>.{6,20})",
+    re.IGNORECASE,
+)
+
+
+def _sentence_candidates(text: str, prefer_dmy: bool) -> dict[str, Any]:
+    """Values stated in running text: "gemäß Bestellung Nr. 2013-471331", "Zahlbar ... bis 04.07.2013"."""
+    out: dict[str, Any] = {}
+    m = _PO_SENTENCE.search(text)
+    if m:
+        ident = m.group("id").rstrip(".,;:")
+        if any(ch.isdigit() for ch in ident) and not _is_date_token(ident) and len(ident) >= 3:
+            out["purchase_order_number"] = ident
+    m = _DUE_SENTENCE.search(text)
+    if m:
+        due = parse_date(m.group("date"), prefer_dmy=prefer_dmy)
+        if due:
+            out["due_date"] = due
+    return out
+
+
+def _summary_table(lines: list[Line], index: int) -> list[tuple[str, float, float]]:
+    """A totals table whose column titles are money labels ("Nettobetrag | MwSt-Betrag | Endbetrag").
+
+    Returns (field, amount, order bonus) for every row under the titles; the last row (the sum row)
+    gets the largest bonus.
+    """
+    line = lines[index]
+    titled: list[tuple[str, Segment]] = []
+    for seg in line.segments:
+        hit = match_label(seg.text)
+        if hit is not None and hit[0] in TOTAL_LABEL_FIELDS and not hit[2]:
+            titled.append((hit[0], seg))
+    if len({fld for fld, _ in titled}) < 2 or any(ch.isdigit() for ch in line.text):
+        return []
+    out: list[tuple[str, float, float]] = []
+    for row_no, row in enumerate(lines[index + 1 : index + 8]):
+        found = False
+        for fld, title in titled:
+            for seg in row.segments:
+                if min(seg.x1, title.x1 + 4) - max(seg.x0, title.x0 - 4) <= 0:
+                    continue
+                amounts = find_amounts(seg.text) if _MONEY_RE.search(seg.text) else []
+                if amounts:
+                    out.append((fld, amounts[-1], 0.05 * row_no))
+                    found = True
+                    break
+        if not found:
+            break
     return out
 
 
@@ -374,6 +435,10 @@ def collect_candidates(page: PageText, page_index: int, prefer_dmy: bool) -> dic
     for li, line in enumerate(lines):
         for fld, value in _title_candidates(line, prefer_dmy).items():
             add(fld, value, "title", 2.5 if li < 12 else 1.0)
+        for fld, value in _sentence_candidates(line.text, prefer_dmy).items():
+            add(fld, value, "sentence", 0.6)
+        for fld, value, order_bonus in _summary_table(lines, li):
+            add(fld, value, "summary", 1.5 + order_bonus)
         segments = line.segments
         for si, seg in enumerate(segments):
             hit = match_label(seg.text)
@@ -538,172 +603,6 @@ def _find_currency(pages: list[PageText]) -> tuple[int, str | None]:
     return 0, None
 
 
-# ---------------------------------------------------------------- line items
-
-
-@dataclass
-class Column:
-    kind: str  # description / quantity / unit_price / line_total / other
-    x0: float
-    x1: float
-
-    @property
-    def xc(self) -> float:
-        return (self.x0 + self.x1) / 2
-
-
-def _column_kind(text: str) -> str:
-    low = norm(text).strip(" :")
-    for kind, words in ITEM_COLUMNS.items():
-        if low in words:
-            return kind
-    tokens = low.replace("/", " ").split()
-    for kind in ("quantity", "unit_price", "line_total", "description"):
-        if any(tok in ITEM_COLUMNS[kind] for tok in tokens):
-            return kind
-    return "other"
-
-
-def _header_columns(line: Line) -> list[Column] | None:
-    """Columns if this line is a line-item table header: a description column plus a numeric column."""
-    cols = [Column(_column_kind(seg.text), seg.x0, seg.x1) for seg in line.segments]
-    kinds = [c.kind for c in cols]
-    if "description" in kinds and ({"quantity", "unit_price", "line_total"} & set(kinds)) and len(cols) >= 3:
-        if "line_total" not in kinds:  # the amount column is the rightmost one whatever its title
-            numeric = [c for c in cols if c.kind != "description"]
-            numeric[-1].kind = "line_total" if numeric[-1].kind == "other" else numeric[-1].kind
-        return cols
-    return None
-
-
-_TABLE_END = re.compile(
-    r"aufschlüsselung|breakdown|récapitulatif|belegsummen|summary|riepilogo|resumen|zahlungsbedingungen|"
-    r"payment terms|conditions de paiement|betalingsvoorwaarden",
-    re.IGNORECASE,
-)
-_CODE_RE = re.compile(r"^[\d\W]+$|^[A-Z0-9\-./]{2,12}$")
-
-
-def _desc_text(line: Line, limit: float) -> str | None:
-    """The most word-like text left of the numeric columns (skips position numbers and article codes)."""
-    best: str | None = None
-    for seg in line.segments:
-        if seg.x0 >= limit - 2:
-            break
-        words = [w.text for w in seg.words if w.x1 <= limit + 2]
-        while words and (_CODE_RE.match(words[0]) and len(words) > 1):
-            words = words[1:]
-        text = " ".join(words).strip()
-        letters = sum(ch.isalpha() for ch in text)
-        if letters < 2 or _CODE_RE.match(text) or ":" in text[:25]:
-            continue
-        if best is None or letters > sum(ch.isalpha() for ch in best):
-            best = text
-    return best
-
-
-def _assign(seg: Segment, columns: list[Column]) -> Column:
-    best, best_overlap = None, 0.0
-    for col in columns:
-        overlap = min(seg.x1, col.x1) - max(seg.x0, col.x0)
-        if overlap > best_overlap:
-            best, best_overlap = col, overlap
-    if best is not None:
-        return best
-    return min(columns, key=lambda c: abs(c.xc - seg.xc))
-
-
-def _parse_quantity(text: str) -> float | None:
-    m = re.search(r"[-−]?\d[\d.,]*", text or "")
-    return parse_number(m.group(0)) if m else None
-
-
-def _is_totals_line(line: Line) -> bool:
-    for seg in line.segments:
-        hit = match_label(seg.text)
-        if hit is not None and hit[0] in TOTAL_LABEL_FIELDS:
-            return True
-    return False
-
-
-def _parse_row(line: Line, columns: list[Column]) -> dict[str, Any]:
-    cells: dict[str, list[str]] = {}
-    for seg in line.segments:
-        cells.setdefault(_assign(seg, columns).kind, []).append(seg.text)
-    desc = " ".join(cells.get("description", [])).strip() or None
-    return {
-        "description": desc,
-        "quantity": _parse_quantity(" ".join(cells.get("quantity", []))),
-        "unit_price": parse_amount(" ".join(cells.get("unit_price", []))),
-        "line_total": parse_amount(" ".join(cells.get("line_total", []))),
-    }
-
-
-def extract_line_items(
-    page: PageText, carried_columns: list[Column] | None = None
-) -> tuple[list[dict[str, Any]], list[Column] | None]:
-    """Rows of the line-item table on this page, and the columns to carry to the next page.
-
-    A row is anchored on a line with an amount in the line-total column; its description is the most
-    word-like text on that line or, for layouts that print codes or the total on a line of their own, on
-    the lines since the previous row.  Columns are carried when the table runs off the page without
-    reaching the totals, so a continuation page without a repeated header still yields its rows.
-    """
-    items: list[dict[str, Any]] = []
-    columns = carried_columns
-    in_table = carried_columns is not None
-    pending: list[Line] = []
-    for line in page.lines:
-        header = _header_columns(line)
-        if header is not None:
-            columns, in_table, pending = header, True, []
-            continue
-        if not in_table or columns is None:
-            continue
-        first = line.segments[0].text if line.segments else ""
-        hit = match_label(first)
-        if (hit is not None and hit[0] in TOTAL_LABEL_FIELDS) or _TABLE_END.search(line.text):
-            row = _parse_row(line, columns)
-            if row["quantity"] is None and row["unit_price"] is None:
-                return items, None
-        if _is_totals_line(line):
-            row = _parse_row(line, columns)
-            if row["quantity"] is None and row["unit_price"] is None:
-                return items, None
-        total_col = next((c for c in reversed(columns) if c.kind == "line_total"), columns[-1])
-        numeric_x0 = min(
-            (c.x0 for c in columns if c.kind in ("quantity", "unit_price", "line_total")), default=0
-        )
-        total_seg = None
-        for seg in reversed(line.segments):
-            if (
-                seg.x1 >= total_col.x0 - 5
-                and _MONEY_RE.search(seg.text)
-                and parse_amount(seg.text) is not None
-            ):
-                total_seg = seg
-                break
-        if total_seg is None:
-            pending.append(line)
-            if len(pending) > 6:
-                pending = pending[-6:]
-            continue
-        row = _parse_row(line, columns)
-        row["line_total"] = parse_amount(total_seg.text)
-        desc = row["description"]
-        if not desc or _CODE_RE.match(desc) or sum(ch.isalpha() for ch in desc) < 2:
-            desc = _desc_text(line, numeric_x0)
-            for prev in reversed(pending):
-                if desc:
-                    break
-                desc = _desc_text(prev, numeric_x0)
-        pending = []
-        if desc and row["line_total"] is not None:
-            row["description"] = desc
-            items.append(row)
-    return items, (columns if in_table else None)
-
-
 def extract_document(
     pages: list[PageText], schema: dict[str, Any] | None = None
 ) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], float]:
@@ -713,6 +612,7 @@ def extract_document(
     found), so a document whose totals add up scores higher than one where they were guessed.
     """
     from .model import schema_fields
+    from .tables import extract_line_items
 
     header_fields, _items_key, _item_fields = schema_fields(schema)
     items_per_page: list[list[dict[str, Any]]] = []
@@ -727,8 +627,60 @@ def extract_document(
     totals = [i["line_total"] for items in items_per_page for i in items if i.get("line_total") is not None]
     line_sum = round(sum(totals), 2) if totals else None
     values, field_conf = extract_header_document(pages, line_sum)
+    if is_credit_note(pages):
+        _credit_note_signs(values, items_per_page)
     per_page = list(zip(values, items_per_page, strict=True))
     if not header_fields:
         return per_page, 0.0
     confidence = round(sum(field_conf.get(f, 0.0) for f in header_fields) / len(header_fields), 3)
     return per_page, confidence
+
+
+_CREDIT_NOTE = re.compile(
+    r"\b(credit\s*note|credit\s*memo|gutschrift|avoir|facture d'avoir|creditnota|credit\s*nota|"
+    r"nota\s+di\s+credito|nota\s+de\s+cr[ée]dito|nota\s+de\s+abono|abono)\b",
+    re.IGNORECASE,
+)
+
+
+def is_credit_note(pages: list[PageText]) -> bool:
+    """A credit note by its title: a short line near the top of page 1 that names the document type."""
+    if not pages:
+        return False
+    for line in pages[0].lines[:25]:
+        text = line.text.strip()
+        m = _CREDIT_NOTE.search(text)
+        if m and (m.start() == 0 or len(text.split()) <= 6):
+            return True
+    return False
+
+
+def _credit_note_signs(values: list[dict[str, Any]], items_per_page: list[list[dict[str, Any]]]) -> None:
+    """Credit notes report positive amounts (EN 16931 / CII type 381: the document type carries the sign).
+
+    Many credit notes print their amounts negative; when the document's total (or subtotal) is negative,
+    every amount is negated, so relative signs (a charge on a credit note) are kept.
+    """
+    merged: dict[str, Any] = {}
+    for page_values in values:
+        for key, value in page_values.items():
+            merged.setdefault(key, value)
+    reference = merged.get("total_amount")
+    if reference is None:
+        reference = merged.get("subtotal")
+    if reference is None:
+        totals = [i.get("line_total") for items in items_per_page for i in items]
+        reference = sum(t for t in totals if t is not None) if totals else None
+    if reference is None or reference >= 0:
+        return
+    for page_values in values:
+        for key in MONEY_FIELDS:
+            if isinstance(page_values.get(key), int | float):
+                page_values[key] = round(-page_values[key], 2) + 0.0
+    for items in items_per_page:
+        for item in items:
+            if isinstance(item.get("line_total"), int | float):
+                item["line_total"] = round(-item["line_total"], 2) + 0.0
+            for key in ("quantity", "unit_price"):
+                if isinstance(item.get(key), int | float) and item[key] < 0:
+                    item[key] = -item[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from invoiceflow.extraction.pdf import open_pdf
@@ -124,11 +125,23 @@ def _page_words(page) -> list[Word]:  # type: ignore[no-untyped-def]
             )
             cur.clear()
 
+    raw = textpage.raw
+    soft_break = False  # PDFium inserted a space: a word break only if the gap is really a gap
     try:
         for i in range(textpage.count_chars()):
-            code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
+            code = pdfium_c.FPDFText_GetUnicode(raw, i)
             ch = chr(code) if code else ""
+            if code in (0x02, 0xAD):  # PDFium's marker for a hyphen that ends a line
+                ch = "-"
             if not ch or ch.isspace() or code in (0xFFFE, 0xFFFF) or 0xD800 <= code <= 0xDFFF:
+                if ch == " " and pdfium_c.FPDFText_IsGenerated(raw, i) == 1:
+                    soft_break = True
+                else:
+                    flush()
+                continue
+            angle = pdfium_c.FPDFText_GetCharAngle(raw, i)
+            if 0.05 < angle < 2 * math.pi - 0.05:
+                # Rotated text (vertical margin notes, stamps) is not part of the reading lines.
                 flush()
                 continue
             left, bottom, right, top = textpage.get_charbox(i, loose=True)
@@ -136,8 +149,13 @@ def _page_words(page) -> list[Word]:  # type: ignore[no-untyped-def]
                 _, pl, pb, pr, pt = cur[-1]
                 height = max(pt - pb, top - bottom, 1.0)
                 same_line = abs((top + bottom) / 2 - (pt + pb) / 2) < 0.5 * height
-                if not same_line or left < pl - 0.5 or left - pr > 0.25 * height:
+                gap = left - pr
+                # Letter-spaced fonts make PDFium guess spaces inside words ("Br uttosumme"): a generated
+                # space with a gap under ~0.15 em is kerning, not a word break.
+                limit = 0.15 * height if soft_break else 0.25 * height
+                if not same_line or left < pl - 0.5 or gap > limit:
                     flush()
+            soft_break = False
             cur.append((ch, left, bottom, right, top))
         flush()
     finally:

@@ -26,12 +26,18 @@ from typing import Any, TypeVar
 
 import httpx
 from airflow.sdk import BaseHook
-from leapocr import APIError, ClientConfig, JobStatus, LeapOCR, LeapOCRError, ProcessOptions
+from leapocr import APIError, ClientConfig, JobStatus, LeapOCR, LeapOCRError, NetworkError, ProcessOptions
 from leapocr import __version__ as sdk_version
 
-DEFAULT_BASE_URL = "https://api.leapocr.com/api/v1"
-DEFAULT_MAX_JOBS_IN_FLIGHT = 8
-DEFAULT_MAX_ATTEMPTS = 6
+from invoiceflow.leapocr.connection import (
+    CONN_TYPE,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_JOBS_IN_FLIGHT,
+    HOOK_NAME,
+    UI_FIELD_BEHAVIOUR,
+)
+
 #: Page size asked of the results endpoint (its maximum is 1000; 100 is the SDK default).
 RESULT_PAGE_LIMIT = 100
 
@@ -152,8 +158,8 @@ class LeapOcrApi:
                 if status != 429 and status < 500:
                     raise LeapOcrRejected(f"{what} refused (HTTP {status}): {exc}") from exc
                 failure: Exception = exc
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                failure = exc
+            except (httpx.TimeoutException, httpx.TransportError, NetworkError) as exc:
+                failure = exc  # NetworkError: the SDK's storage upload of a part failed
             if attempt + 1 == self.policy.max_attempts:
                 raise LeapOcrUnavailable(
                     f"{what} failed after {attempt + 1} attempts: {failure}"
@@ -172,8 +178,8 @@ class LeapOcrApi:
             try:
                 result = await self.client.ocr.process_file(handle, options)
             except LeapOCRError as exc:
-                if isinstance(exc, APIError):
-                    raise
+                if isinstance(exc, (APIError, NetworkError)):
+                    raise  # classified (and retried) by call()
                 raise LeapOcrRejected(f"LeapOCR SDK refused {file_name}: {exc}") from exc
             return str(result.job_id)
 
@@ -219,13 +225,19 @@ def _describe(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def _extra(extra: dict[str, Any], name: str, default: Any) -> Any:
+    """An extra field, stored plain or with the form's ``extra__leapocr__`` prefix."""
+    value = extra.get(name, extra.get(f"extra__leapocr__{name}"))
+    return default if value in (None, "") else value
+
+
 class LeapOcrHook(BaseHook):
     """Interact with the LeapOCR API (or the offline ``invoiceflow leapocr-server``) through the official SDK."""
 
     conn_name_attr = "leapocr_conn_id"
     default_conn_name = "leapocr_default"
-    conn_type = "leapocr"
-    hook_name = "LeapOCR"
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
 
     def __init__(self, leapocr_conn_id: str = default_conn_name, timeout: float | None = None) -> None:
         super().__init__()
@@ -234,14 +246,11 @@ class LeapOcrHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"host": "Base URL", "password": "API key"},
-            "placeholders": {
-                "host": DEFAULT_BASE_URL,
-                "extra": '{"max_jobs_in_flight": 8, "max_attempts": 6, "timeout": 60}',
-            },
-        }
+        return UI_FIELD_BEHAVIOUR
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        return {}  # the extra fields are declared as metadata (CONN_FIELDS), so the API server needs no FAB
 
     @staticmethod
     def base_url(conn: Any) -> str:
@@ -263,9 +272,9 @@ class LeapOcrHook(BaseHook):
         return LeapOcrApi(
             conn.password,
             self.base_url(conn),
-            timeout=float(self.timeout or extra.get("timeout", 60.0)),
-            policy=RetryPolicy(max_attempts=int(extra.get("max_attempts", DEFAULT_MAX_ATTEMPTS))),
-            max_jobs_in_flight=int(extra.get("max_jobs_in_flight", DEFAULT_MAX_JOBS_IN_FLIGHT)),
+            timeout=float(self.timeout or _extra(extra, "timeout", 60.0)),
+            policy=RetryPolicy(max_attempts=int(_extra(extra, "max_attempts", DEFAULT_MAX_ATTEMPTS))),
+            max_jobs_in_flight=int(_extra(extra, "max_jobs_in_flight", DEFAULT_MAX_JOBS_IN_FLIGHT)),
             **kwargs,
         )
 

@@ -18,6 +18,7 @@ from invoiceflow.leapocr.triggers import (
     COMPLETED,
     DOCUMENT_FAILURES,
     ERROR,
+    REQUEUE_FAILURES,
     WAITING,
     LeapOcrJobsTrigger,
     load_schemas,
@@ -92,7 +93,8 @@ class LeapOcrExtractBatchOperator(BaseOperator):
         running = {
             row["job_id"]: sha
             for sha, row in ledger.items()
-            if row["status"] == "submitted" and statuses.get(sha) == warehouse.EXTRACTING
+            if row["status"] in warehouse.RECONNECTABLE_JOB_STATES
+            and statuses.get(sha) == warehouse.EXTRACTING
         }
         if running:
             self.log.info("Reconnecting to %d LeapOCR jobs already submitted for this batch", len(running))
@@ -100,7 +102,7 @@ class LeapOcrExtractBatchOperator(BaseOperator):
             sha
             for sha in shas
             if statuses.get(sha) in (warehouse.REGISTERED, warehouse.WAITING_FOR_CREDITS)
-            and ledger.get(sha, {}).get("status") != "submitted"
+            and ledger.get(sha, {}).get("status") not in warehouse.RECONNECTABLE_JOB_STATES
         ]
         documents = warehouse.document_paths(engine, todo)
         for sha in [s for s in todo if documents[s][2] == "xml"]:
@@ -154,7 +156,10 @@ class LeapOcrExtractBatchOperator(BaseOperator):
     ) -> tuple[dict[str, str], list[str]]:
         """Submit what the in-flight cap allows right now; the trigger submits the rest as jobs finish."""
         async with LeapOcrHook(self.leapocr_conn_id).get_api() as api:
-            slots = api.max_jobs_in_flight - warehouse.jobs_in_flight(engine, api.fingerprint)
+            # Concurrent tasks each read the ledger before any of them writes: a fair share keeps them from
+            # overshooting the cap together; the triggers fill the rest as slots free up.
+            share = -(-api.max_jobs_in_flight // max(1, self.max_active_tis_per_dagrun or 1))
+            slots = min(share, api.max_jobs_in_flight - warehouse.jobs_in_flight(engine, api.fingerprint))
             if submission["credit_budget"] is not None:
                 used = warehouse.credits_used_by_run(engine, submission["run_id"])
                 slots = min(slots, submission["credit_budget"] - used)
@@ -165,6 +170,9 @@ class LeapOcrExtractBatchOperator(BaseOperator):
                     job_id = await submit_document(api, engine, sha, documents[sha], submission)
                 except LeapOcrCreditsExhausted as exc:
                     self.log.warning("%s: the trigger retries the remaining documents", exc)
+                    return submitted, wave[index:] + queued
+                except REQUEUE_FAILURES as exc:
+                    self.log.warning("LeapOCR busy (%s): the trigger submits the rest as slots free up", exc)
                     return submitted, wave[index:] + queued
                 except DOCUMENT_FAILURES as exc:
                     warehouse.fail_document(engine, sha, f"LeapOCR submission failed: {exc}")

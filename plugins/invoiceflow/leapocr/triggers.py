@@ -9,6 +9,7 @@ the moment it exists, and yields exactly one event with the outcome of every doc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import weakref
@@ -32,6 +33,8 @@ from invoiceflow.leapocr.hooks import (
 #: documents are ``timeout``); ``error``: the trigger could not go on (e.g. bad credentials).
 DONE, TIMEOUT, ERROR = "done", "timeout", "error"
 EVENT_STATUSES = (DONE, TIMEOUT, ERROR)
+#: Idle polls at the base interval before backing off: most jobs of a normal invoice finish within them.
+FAST_POLL_ROUNDS = 6
 #: Per-document outcomes.
 COMPLETED, FAILED, TIMED_OUT, WAITING = "completed", "failed", "timeout", "waiting_for_credits"
 #: Content types LeapOCR accepts, with the file extension it derives the type from.
@@ -52,6 +55,7 @@ class InflightGate:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.members: weakref.WeakSet[_BatchRun] = weakref.WeakSet()
+        self.freed = asyncio.Event()
 
     @classmethod
     def for_key(cls, fingerprint: str, capacity: int) -> InflightGate:
@@ -63,6 +67,15 @@ class InflightGate:
     def free(self) -> int:
         used = sum(len(member.running) + member.submitting for member in self.members)
         return max(0, self.capacity - used)
+
+    def notify_freed(self) -> None:
+        """A job finished somewhere: wake the triggers whose queued documents wait for a slot."""
+        self.freed.set()
+        self.freed = asyncio.Event()
+
+    async def wait_freed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.freed.wait(), timeout)
 
 
 def process_options(submission: dict[str, Any], content_type: str | None) -> ProcessOptions:
@@ -87,19 +100,29 @@ def leapocr_file_name(name: str, content_type: str | None) -> str:
 async def submit_document(
     api: LeapOcrApi, engine: Any, sha: str, document: tuple[str, str, str | None], submission: dict[str, Any]
 ) -> str:
-    """Upload one document, then write its job id to the ledger at once; returns the job id."""
+    """Upload one document and write its job id to the ledger at once; returns the job id.
+
+    While it uploads, the document holds a ``submitting`` row in the ledger, so concurrent tasks and triggers count
+    it against the in-flight cap before it has a job id.
+    """
     path, name, content_type = document
-    data = await asyncio.to_thread(storage.read_bytes, path)
-    options = process_options(submission, content_type)
-    job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
-    await asyncio.to_thread(
-        warehouse.record_job, engine, sha, job_id, submission.get("run_id"), api.fingerprint
-    )
+    run_id = submission.get("run_id")
+    await asyncio.to_thread(warehouse.reserve_submission, engine, sha, run_id, api.fingerprint)
+    try:
+        data = await asyncio.to_thread(storage.read_bytes, path)
+        options = process_options(submission, content_type)
+        job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(warehouse.release_submission, engine, sha))
+        raise
+    await asyncio.to_thread(warehouse.record_job, engine, sha, job_id, run_id, api.fingerprint)
     return job_id
 
 
-#: Submission failures that fail only their document (bad file, unreadable file, API down through all retries).
-DOCUMENT_FAILURES = (LeapOcrRejected, LeapOcrUnavailable, OSError)
+#: Submission failures that fail only their document (the API refused the file, or it cannot be read).
+DOCUMENT_FAILURES = (LeapOcrRejected, OSError)
+#: Submission failures after which the document goes back in the queue (busy or unreachable API: try later).
+REQUEUE_FAILURES = (LeapOcrUnavailable,)
 
 
 def load_schemas(schema: str | dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -124,8 +147,8 @@ class LeapOcrJobsTrigger(BaseTrigger):
     :param queued: document hashes still to submit (as slots free up under the per-key cap).
     :param submission: how to submit: ``schemas`` (by content type), or ``template_slug``; ``model``,
         ``instructions``, ``run_id`` and ``credit_budget`` (stop submitting once the run used that many credits).
-    :param poll_interval: wait between polls while something changes; it grows by half each idle round up to
-        ``max_poll_interval`` and drops back as soon as a job finishes.
+    :param poll_interval: wait between polls while jobs are young or finishing; after ``FAST_POLL_ROUNDS`` idle
+        rounds it grows by half each round up to ``max_poll_interval``, and drops back as soon as a job finishes.
     """
 
     def __init__(
@@ -195,8 +218,8 @@ class _BatchRun:
         self.gate = InflightGate.for_key(api.fingerprint, api.max_jobs_in_flight)
 
     async def run(self) -> tuple[str, str]:
+        self.engine = await warehouse.aget_engine(self.t.warehouse_conn_id)
         if self.queued:
-            self.engine = await warehouse.aget_engine(self.t.warehouse_conn_id)
             await self._adopt_jobs_from_ledger()
         self.gate.members.add(self)
         try:
@@ -208,15 +231,16 @@ class _BatchRun:
         """After a triggerer restart, jobs a previous instance submitted are in the ledger: poll, never resubmit."""
         ledger = await asyncio.to_thread(warehouse.jobs_for, self.engine, self.queued)
         for sha, row in ledger.items():
-            if row["status"] == "submitted":
+            if row["status"] in warehouse.RECONNECTABLE_JOB_STATES:
                 self.running[row["job_id"]] = sha
                 self.queued.remove(sha)
 
     async def _loop(self) -> tuple[str, str]:
         interval = self.t.poll_interval
+        idle_rounds = 0
         while True:
-            progressed = await self._submit_queued()
-            progressed |= await self._poll()
+            progressed = await self._poll()
+            progressed |= await self._submit_queued()  # right away into the slots the poll freed
             if not self.running and (not self.queued or self.stop_reason):
                 for sha in self.queued:
                     self.outcomes[sha] = {"status": WAITING, "job_id": None, "error": self.stop_reason}
@@ -238,15 +262,25 @@ class _BatchRun:
                         "error": "never submitted before the deadline",
                     }
                 return TIMEOUT, f"{len(self.running) + len(self.queued)} documents unfinished at the deadline"
-            interval = self.t.poll_interval if progressed else min(interval * 1.5, self.t.max_poll_interval)
-            await asyncio.sleep(interval)
+            idle_rounds = 0 if progressed else idle_rounds + 1
+            if idle_rounds > FAST_POLL_ROUNDS:  # long jobs: poll less and less often
+                interval = min(interval * 1.5, self.t.max_poll_interval)
+            else:
+                interval = self.t.poll_interval
+            if self.queued and not self.stop_reason and not self.gate.free():
+                await self.gate.wait_freed(interval)  # a slot freed by any trigger wakes us at once
+            else:
+                await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------------------------------ submission
 
     async def _submit_queued(self) -> bool:
         if not self.queued or self.stop_reason:
             return False
-        slots = min(self.gate.free(), len(self.queued))
+        # The ledger counts jobs of every process (tasks still deferring, other triggerers); the gate counts
+        # submissions under way in this one.
+        elsewhere = await asyncio.to_thread(warehouse.jobs_in_flight, self.engine, self.api.fingerprint)
+        slots = min(self.gate.free(), self.api.max_jobs_in_flight - elsewhere, len(self.queued))
         if slots and self.t.submission.get("credit_budget") is not None:
             slots = min(slots, await self._budget_left())
         if slots <= 0:
@@ -270,6 +304,9 @@ class _BatchRun:
                 self.queued.insert(0, sha)
             elif isinstance(result, LeapOcrAuthError):
                 raise result
+            elif isinstance(result, REQUEUE_FAILURES):
+                self.t.log.warning("LeapOCR busy, %s goes back in the queue: %s", sha[:12], result)
+                self.queued.append(sha)
             elif isinstance(result, DOCUMENT_FAILURES):
                 self.outcomes[sha] = {"status": FAILED, "job_id": None, "error": str(result)}
             elif isinstance(result, BaseException):
@@ -297,7 +334,7 @@ class _BatchRun:
             return False
         jobs = list(self.running)
         checks = await asyncio.gather(*(self._check(job_id) for job_id in jobs))
-        finished = 0
+        ended: dict[str, str] = {}
         done_pages = total_pages = 0
         for job_id, (outcome, pages) in zip(jobs, checks, strict=True):
             if outcome is None:
@@ -306,7 +343,10 @@ class _BatchRun:
                 continue
             sha = self.running.pop(job_id)
             self.outcomes[sha] = {**outcome, "job_id": job_id}
-            finished += 1
+            ended[job_id] = outcome["status"]
+        if ended:
+            await asyncio.to_thread(warehouse.mark_jobs_finished_remotely, self.engine, ended)
+            self.gate.notify_freed()
         self.t.log.info(
             "LeapOCR: %d/%d documents finished, %d queued; running jobs at %d/%d pages",
             len(self.outcomes),
@@ -315,7 +355,7 @@ class _BatchRun:
             done_pages,
             total_pages,
         )
-        return finished > 0
+        return bool(ended)
 
     async def _check(self, job_id: str) -> tuple[dict[str, Any] | None, tuple[int, int]]:
         """One job's outcome, or ``None`` and its page progress while it still runs (or the API is busy)."""
