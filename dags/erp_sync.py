@@ -9,9 +9,10 @@ Tryton, webhook, file export: see `invoiceflow/erp/connectors.py` for the fields
 
 1. **plan_batches** reads `erp_outbox` rows still to relay (`pending`, or `unknown` after a lost answer) in batches
    of the connector's `max_batch` (Xero 50, QuickBooks 30; `INVOICEFLOW_ERP_BATCH_SIZE` caps it).
-2. **relay_batch** (mapped, at most 4 at once per run) reads back `unknown` rows from the ERP first, marks the rest
-   in flight, posts them with an idempotency key and stores each item's outcome: `posted` (remote id), `duplicate`
-   (the ERP already had it: linked), `rejected` (the ERP's reason), `unknown` (no answer: read back next time).
+2. **relay_batch** (mapped, at most 5 at once per run: Xero's concurrent calls per tenant) reads back `unknown`
+   rows from the ERP first, marks the rest in flight, posts them with an idempotency key and stores each item's
+   outcome: `posted` (remote id), `duplicate` (the ERP already had it: linked), `rejected` (the ERP's reason),
+   `unknown` (no answer: read back next time).
    A rate limit leaves rows `pending` and backs off (the task fails and Airflow retries it later if the limit
    persists). After 5 failures a row goes to `dead_letter`; analysts see rejected and dead-lettered invoices in
    the `erp_outbox_attention` view.

@@ -145,3 +145,30 @@ def test_views_answer_on_both_dialects(engine: sa.Engine) -> None:
         "credits_usage",
     ):
         rows(engine, f"SELECT * FROM {view}")
+
+
+def test_outbox_payload_matches_erp_payload_on_both_dialects(engine: sa.Engine) -> None:
+    """PostgreSQL builds the outbox payload in SQL from staging; it must say what ``erp_payload`` says, hashed."""
+    import hashlib
+    import json
+
+    invoices = {"p1": merged("P-1", 119.0), "p2": merged("P-2", 23.8)}
+    invoices["p1"]["line_items"] = [
+        {"description": "x", "quantity": 1, "unit_price": 90.0, "line_total": 90.0},
+        {"description": 'Ümlaut "quoted" \\ €', "quantity": 2.5, "unit_price": 4.0, "line_total": 10.0},
+    ]
+    register(engine, *invoices)
+    validated = validation.validate(invoices, engine=engine)
+    assert [inv.review_status for inv in validated] == [warehouse.AUTO_APPROVED] * 2
+    assert warehouse.load_batch(engine, "p", validated)["outbox"] == 2
+    out = {r["document_sha256"]: r for r in rows(engine, "SELECT * FROM erp_outbox")}
+    for inv in validated:
+        row = out[inv.document_sha256]
+        assert row["idempotency_key"] == warehouse.idempotency_key(
+            inv.header["vendor_name"], inv.header["invoice_number"]
+        )
+        assert row["payload_hash"] == hashlib.sha256(row["payload"].encode()).hexdigest()
+        assert json.loads(row["payload"]) == json.loads(json.dumps(warehouse.erp_payload(inv), default=str))
+    # a reload replaces line items and issues, never queues twice
+    assert warehouse.load_batch(engine, "p2", validated)["outbox"] == 0
+    assert rows(engine, "SELECT COUNT(*) AS n FROM invoice_line_items")[0]["n"] == 3

@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -118,6 +119,12 @@ class RetryableResponse(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """Background token fetches (submitting costs far less than starting a thread per batch)."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="erp-token-prefetch")
 
 
 @functools.cache
@@ -307,7 +314,14 @@ class OAuthTokens:
 
     Refreshes before expiry (at 90% of the lifetime, at most 60 s early) and on demand after a 401. Secrets are
     never logged.
+
+    ``client_credentials`` tokens are shared within the process by every instance with the same endpoint, client
+    and scope (on the default clock): a connector per batch would otherwise fetch a token per batch. A 401 drops
+    the shared token too.
     """
+
+    _shared: dict[tuple[str, ...], tuple[str, float]] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(
         self,
@@ -338,17 +352,63 @@ class OAuthTokens:
         self._lock = threading.Lock()
         self.fetches = 0
 
+    @property
+    def _share_key(self) -> tuple[str, ...] | None:
+        if self.grant_type != "client_credentials" or self._clock is not time.monotonic:
+            return None
+        secret = hashlib.sha256(self._client_secret.encode()).hexdigest()
+        return (self.token_url, self._client_id, secret, self.scope or "")
+
+    def _valid(self) -> bool:
+        """Whether a usable token is held (adopting the process's shared one); call with ``_lock`` held."""
+        if self._access is not None and self._clock() < self._refresh_at:
+            return True
+        key = self._share_key
+        if key is None:
+            return False
+        with self._shared_lock:
+            shared = self._shared.get(key)
+        if shared is None or self._clock() >= shared[1]:
+            return False
+        self._access, self._refresh_at = shared
+        return True
+
     def token(self) -> str:
         with self._lock:
-            if self._access is None or self._clock() >= self._refresh_at:
+            if not self._valid():
                 self._fetch()
+                key = self._share_key
+                if key is not None and self._access is not None:
+                    with self._shared_lock:
+                        self._shared[key] = (self._access, self._refresh_at)
             assert self._access is not None
             return self._access
 
+    def prefetch(self) -> None:
+        """Fetch a token in the background if none is valid, so the fetch overlaps the caller's other I/O (the
+        relay's outbox reads and writes). A failure is left for :meth:`token`, which fetches again and raises."""
+        with self._lock:
+            if self._valid():
+                return
+
+        def fetch() -> None:
+            try:
+                self.token()
+            except Exception:  # reported by the next token() call
+                logger.debug("background token fetch failed; the next call retries", exc_info=True)
+
+        _prefetch_pool().submit(fetch)
+
     def invalidate(self, token: str | None = None) -> None:
         with self._lock:
+            dropped = self._access if token is None else token
             if token is None or token == self._access:
                 self._access = None
+            key = self._share_key
+            if key is not None and dropped is not None:
+                with self._shared_lock:
+                    if self._shared.get(key, ("",))[0] == dropped:
+                        del self._shared[key]
 
     def _fetch(self) -> None:
         data = {"grant_type": self.grant_type}

@@ -129,6 +129,11 @@ class QuickBooksConnector:
     def close(self) -> None:
         self._client.close()
 
+    def prefetch(self) -> None:
+        """Start fetching the access token while the caller does other work (see ``OAuthTokens.prefetch``)."""
+        if self.tokens is not None:
+            self.tokens.prefetch()
+
     @property
     def _path(self) -> str:
         return f"/v3/company/{self.realm_id}"

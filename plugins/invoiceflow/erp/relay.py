@@ -25,9 +25,11 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -46,14 +48,41 @@ from invoiceflow.erp.connectors import connector_from_connection
 
 log = logging.getLogger(__name__)
 
-#: Mapped ``relay_batch`` tasks running at once (Xero allows 5 concurrent calls per tenant; one is left for
-#: read-backs and the token endpoint).
-RELAY_CONCURRENCY = 4
+#: Mapped ``relay_batch`` tasks running at once: Xero's 5 concurrent calls per tenant. Each task makes one ERP call
+#: at a time (its read-backs and its post are sequential), and the token endpoint is the identity server, not the
+#: tenant API, so 5 tasks never exceed the limit on their own; a call that meets another client of the same
+#: tenant gets a 429 ``concurrent`` and is retried after ``Retry-After``. With fewer slots than the limit the
+#: per-batch outbox writes and the request's latency are not overlapped enough to keep up with 60 calls/minute.
+RELAY_CONCURRENCY = 5
 #: Waits for a rate limit inside one task before the rows are left ``pending`` for the next try.
 RATE_LIMIT_WAITS = 3
 #: Longest single back-off inside a task; a longer ``Retry-After`` (e.g. Xero's daily limit) ends the task.
 MAX_BACKOFF_SECONDS = 120.0
 DEFAULT_BACKOFF_SECONDS = 5.0
+
+
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _sqlite_writer(engine: Engine) -> Iterator[None]:
+    """SQLite has a single writer. Relay threads of one process that write the outbox queue on a lock here
+    instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15... ms between tries and so made each
+    contended write cost several times its own time. Other databases are not serialised."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with _SQLITE_WRITERS_GUARD:
+        lock = _SQLITE_WRITERS.setdefault(str(engine.url), threading.Lock())
+    with lock:
+        yield
+
+
+def _write(func: Callable[..., Any], engine: Engine, *args: Any, **kwargs: Any) -> Any:
+    """Run one of the warehouse's outbox writes (its own transaction) under :func:`_sqlite_writer`."""
+    with _sqlite_writer(engine):
+        return func(engine, *args, **kwargs)
 
 
 def batch_size(connector: ErpConnector) -> int:
@@ -96,6 +125,9 @@ def relay_batch(
     """
     counts: Counter[str] = Counter()
     size = max(1, int(connector.max_batch))
+    prefetch = getattr(connector, "prefetch", None)
+    if callable(prefetch):
+        prefetch()  # the OAuth token fetch overlaps the outbox reads and writes below
     for start in range(0, len(keys), size):
         counts.update(
             _relay_chunk(
@@ -129,7 +161,7 @@ def _relay_chunk(
     if give_up:
         for row in give_up:
             reason = f"gave up after {row['failures']} failures; last: {row['last_error'] or 'no detail'}"
-            warehouse.dead_letter_outbox(engine, [row["idempotency_key"]], reason)
+            _write(warehouse.dead_letter_outbox, engine, [row["idempotency_key"]], reason)
             log.warning("Outbox %s dead-lettered: %s", row["idempotency_key"], reason)
         counts["dead_letter"] += len(give_up)
     to_send = [r for r in rows if r["failures"] < max_failures]
@@ -139,7 +171,7 @@ def _relay_chunk(
             outcomes = _send(engine, connector, to_send, max_failures)
         except ErpRateLimitedError as exc:
             sent_keys = [r["idempotency_key"] for r in to_send]
-            warehouse.release_outbox(engine, sent_keys, f"rate-limited: {exc}")
+            _write(warehouse.release_outbox, engine, sent_keys, f"rate-limited: {exc}")
             delay = exc.retry_after if exc.retry_after is not None else DEFAULT_BACKOFF_SECONDS
             if waits >= rate_limit_waits or delay > MAX_BACKOFF_SECONDS or exc.problem == "day":
                 log.warning("ERP rate limit (%s): %d rows left pending", exc, len(sent_keys))
@@ -163,8 +195,11 @@ def _drop_tampered(engine: Engine, rows: list[dict[str, Any]], counts: Counter[s
             row.get("payload_hash")
             and hashlib.sha256(row["payload"].encode()).hexdigest() != row["payload_hash"]
         ):
-            warehouse.dead_letter_outbox(
-                engine, [row["idempotency_key"]], "payload does not match the hash taken at approval"
+            _write(
+                warehouse.dead_letter_outbox,
+                engine,
+                [row["idempotency_key"]],
+                "payload does not match the hash taken at approval",
             )
             counts["dead_letter"] += 1
             continue
@@ -196,7 +231,8 @@ def _read_back(
         except (ErpUnavailableError, ErpRequestError) as exc:
             if isinstance(exc, ErpAuthError):
                 raise
-            warehouse.record_outbox_failures(
+            _write(
+                warehouse.record_outbox_failures,
                 engine,
                 [key],
                 f"read-back failed, the ERP may hold this bill: {exc}",
@@ -211,7 +247,7 @@ def _read_back(
             continue
         rest.append(row)  # confirmed absent: safe to send
     if linked:
-        warehouse.record_outbox_outcomes(engine, linked)
+        _write(warehouse.record_outbox_outcomes, engine, linked)
         counts["posted"] += len(linked)
     return rest
 
@@ -223,17 +259,22 @@ def _send(
     the caller releases them) and :class:`ErpAuthError`; other refusals are stored as failures."""
     keys = [r["idempotency_key"] for r in rows]
     batch_key = _batch_key(rows)
-    warehouse.mark_outbox_in_flight(engine, keys, batch_key)
+    _write(warehouse.mark_outbox_in_flight, engine, keys, batch_key)
     bills = [{**json.loads(r["payload"]), "reference": r["idempotency_key"]} for r in rows]
     try:
         results = connector.post_bills(bills, batch_key=batch_key)
     except ErpAuthError as exc:
-        warehouse.release_outbox(engine, keys, f"ERP refused our credentials: {exc}")
+        _write(warehouse.release_outbox, engine, keys, f"ERP refused our credentials: {exc}")
         raise
     except (ErpRequestError, ValueError) as exc:
         # Nothing was applied: back to pending, one failure counted (dead_letter after max_failures).
-        warehouse.record_outbox_failures(
-            engine, keys, f"ERP refused the batch: {exc}", status="pending", max_failures=max_failures
+        _write(
+            warehouse.record_outbox_failures,
+            engine,
+            keys,
+            f"ERP refused the batch: {exc}",
+            status="pending",
+            max_failures=max_failures,
         )
         log.warning("ERP refused a batch of %d: %s", len(keys), exc)
         return [BillOutcome(k, "refused", None, str(exc)) for k in keys]
@@ -242,8 +283,13 @@ def _send(
     except ErpError as exc:
         # Outside the contract (e.g. the token endpoint failed mid-call): the bills may have been applied, so they
         # stay unknown and are read back before anything is resent.
-        warehouse.record_outbox_failures(
-            engine, keys, f"ERP call failed: {exc}", status="unknown", max_failures=max_failures + 1
+        _write(
+            warehouse.record_outbox_failures,
+            engine,
+            keys,
+            f"ERP call failed: {exc}",
+            status="unknown",
+            max_failures=max_failures + 1,
         )
         log.warning("ERP call for a batch of %d failed: %s", len(keys), exc)
         return [BillOutcome(k, "unknown", None, str(exc)) for k in keys]
@@ -252,8 +298,10 @@ def _send(
         by_ref.get(k) or BillOutcome(k, "unknown", None, "connector returned no outcome for this bill")
         for k in keys
     ]
-    warehouse.record_outbox_outcomes(
-        engine, [(o.reference, o.status, o.remote_id, o.error) for o in outcomes]
+    _write(
+        warehouse.record_outbox_outcomes,
+        engine,
+        [(o.reference, o.status, o.remote_id, o.error) for o in outcomes],
     )
     return outcomes
 

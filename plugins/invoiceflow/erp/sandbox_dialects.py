@@ -459,6 +459,8 @@ def install_xero(
 
             results = []
             failed = []
+            contacts: dict[str, dict[str, Any]] = {}  # by name, for this batch (one lookup per vendor)
+            seq = ledger.next_seq(conn) - 1  # the batch holds the write lock: number its bills in order
             for inv in invoices:
                 checked, errors = validate_invoice(conn, tenant, inv)
                 if errors:
@@ -475,14 +477,13 @@ def install_xero(
                     continue
                 contact = checked["contact"]
                 if contact["id"] is None:
-                    existing = ledger.contact_by_name(conn, tenant, contact["name"])
-                    contact = existing or ledger.insert_contact(
-                        conn,
-                        tenant,
-                        str(uuid.uuid5(_NS, f"contact:{tenant}:{contact['name'].casefold()}")),
-                        contact["name"],
+                    name = contact["name"]
+                    contact = contacts.get(name) or ledger.contact_by_name(conn, tenant, name)
+                    contact = contact or ledger.insert_contact(
+                        conn, tenant, str(uuid.uuid5(_NS, f"contact:{tenant}:{name.casefold()}")), name
                     )
-                seq = ledger.next_seq(conn)
+                    contacts[name] = contact
+                seq += 1
                 invoice_id = str(uuid.uuid5(_NS, f"invoice:{seq}"))
                 remote = {
                     "Type": inv["Type"],
@@ -582,6 +583,8 @@ def install_xero(
                 return DroppedResponse()
             if result.replayed:
                 headers = {**headers, "Idempotent-Replayed": "true"}
+            if result.text is not None:  # already JSON: send it as stored
+                return Response(result.text, result.status_code, headers, media_type="application/json")
             return JSONResponse(result.body, result.status_code, headers=headers)
 
     @app.get("/api.xro/2.0/Invoices")

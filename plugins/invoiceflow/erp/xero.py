@@ -122,6 +122,10 @@ class XeroConnector:
     def close(self) -> None:
         self._client.close()
 
+    def prefetch(self) -> None:
+        """Start fetching the access token while the caller does other work (see ``OAuthTokens.prefetch``)."""
+        self.tokens.prefetch()
+
     # ------------------------------------------------------------------------------------------------ HTTP
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -235,12 +235,16 @@ _BUYER_HEADINGS = (
 )  # fmt: skip
 _LABEL_LINE = re.compile(r"^[^:]{1,40}:")
 _NAME_LABELS = ("name", "firma", "company", "raison sociale", "nom", "naam", "nombre", "ragione sociale")
+_GLUED_DATE = r"(?:vom|du|dated|del|van|from)\s*(?P<glued_date>\d{1,4}[./-]\d{1,2}[./-]\d{2,4})"
+_GLUED_AHEAD = r"(?:vom|du|dated|del|van|from)\s*\d{1,4}[./-]\d{1,2}[./-]\d{2,4}"
 _TITLE_RE = re.compile(
     r"(?:^|\s)(?:\w*rechnung\w*|\w*invoice|facture|avoir|factuur|fattura|factura|gutschrift|credit note|nota di credito)"
     r"(?:(?:\s+(?!(?:nr|no|n[°º]|number|nummer)\b)[^\s\d#:]+){1,4}(?:\s*\(\d+\))?\s*(?=(?:nr\.?|no\.?|n[°º]\.?|#|number|nummer)\s))?"
     r"(?:\s*\(\d+\))?\s*(?:nr\.?|no\.?|n[°º]\.?|#|number|nummer|num\.?|número|numero|n\.)?\s*:?\s*"
-    r"(?P<id>[A-Za-z]{0,8}[-/]?[0-9][\w\-/.]*)"
-    r"(?:\s+(?:vom|du|dated|of|del|van|dd\.?|from)\s+(?P<date>.+))?",
+    # OCR glues short words ("471102vom05.06.2018"): a connector stuck to the id still ends it when a
+    # numeric date follows.
+    r"(?P<id>[A-Za-z]{0,8}[-/]?[0-9](?:[\w\-/.]*?(?=" + _GLUED_AHEAD + r")|[\w\-/.]*))"
+    r"(?:\s+(?:vom|du|dated|of|del|van|dd\.?|from)\s+(?P<date>.+)|\s*" + _GLUED_DATE + r")?",
     re.IGNORECASE,
 )
 
@@ -338,15 +342,17 @@ def _title_candidates(line: Line, prefer_dmy: bool) -> dict[str, Any]:
     if _is_date_token(ident) or not any(ch.isdigit() for ch in ident) or len(ident) < 3:
         return {}
     out: dict[str, Any] = {"invoice_number": ident}
-    if m.group("date"):
-        issued = parse_date(m.group("date"), prefer_dmy=prefer_dmy)
+    stated = m.group("date") or m.group("glued_date")
+    if stated:
+        issued = parse_date(stated, prefer_dmy=prefer_dmy)
         if issued:
             out["invoice_date"] = issued
     return out
 
 
 _PO_SENTENCE = re.compile(
-    r"\b(?:bestellung|bestellnummer|purchase order|order|commande|pedido|ordine|bestelling)\s*"
+    r"(?:\b|(?-i:(?<=[a-zäöüßéèàç])(?=[A-ZÄÖÜ])))"  # a word boundary, or OCR-glued words ("gemäßBestellung")
+    r"(?:bestellung|bestellnummer|purchase order|order|commande|pedido|ordine|bestelling)\s*"
     r"(?:nr\.?|no\.?|number|nummer|n[°º]\.?|#)\s*:?\s*(?P<id>[A-Za-z0-9][\w\-/.]*)",
     re.IGNORECASE,
 )

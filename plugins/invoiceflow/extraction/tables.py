@@ -163,6 +163,14 @@ def norm(text: str) -> str:
 
 def _word_kind(word: str) -> str | None:
     """Kind of one title word; 'other' for known non-item columns; None if unknown."""
+    kind = _word_kind_exact(word)
+    stripped = word.rstrip(".,;'")  # stray punctuation from OCR ("Nettobetrag."); "Qty." alike
+    if kind in (None, "other") and stripped and stripped != word:
+        return _word_kind_exact(stripped) or kind
+    return kind
+
+
+def _word_kind_exact(word: str) -> str | None:
     w = word.strip(":").lower()
     if not w:
         return None

@@ -48,6 +48,10 @@ T = TypeVar("T")
 _retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "leapocr_retry_after", default=None
 )
+#: Path of the last API request the current task sent (set by an httpx request hook).
+_last_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "leapocr_last_request", default=None
+)
 
 
 class LeapOcrError(Exception):
@@ -70,6 +74,10 @@ class LeapOcrUnavailable(LeapOcrError):
     """429, 5xx or transport errors persisted through every retry."""
 
 
+class LeapOcrSubmissionUnknown(LeapOcrError):
+    """The connection broke while completing an upload: the job may exist. Never retried blindly."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff for retriable failures: ``min(cap, base * 2**n)`` with full jitter, at least ``Retry-After``."""
@@ -81,6 +89,10 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         backoff = rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
         return max(backoff, retry_after or 0.0)
+
+
+async def _remember_request(request: httpx.Request) -> None:
+    _last_request.set(request.url.path)
 
 
 async def _remember_retry_after(response: httpx.Response) -> None:
@@ -120,7 +132,8 @@ class LeapOcrApi:
         self._sleep = sleep
         self._rng = rng or random.Random()
         # Our own httpx client, so a response hook can read Retry-After; the SDK then uses it as is, which means
-        # we set the base URL and headers it would otherwise set. SDK-level retries are off: ours replace them.
+        # we set the base URL and headers it would otherwise set. The SDK retries transport errors per
+        # step (so a lost answer to completing an upload repeats that idempotent step, not the whole upload).
         http_client = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
@@ -129,10 +142,10 @@ class LeapOcrApi:
                 "User-Agent": f"invoiceflow leapocr-python/{sdk_version}",
                 "Content-Type": "application/json",
             },
-            event_hooks={"response": [_remember_retry_after]},
+            event_hooks={"request": [_remember_request], "response": [_remember_retry_after]},
         )
         self.client = LeapOCR(
-            api_key, ClientConfig(base_url=base_url, max_retries=0, http_client=http_client)
+            api_key, ClientConfig(base_url=base_url, max_retries=3, retry_delay=0.5, http_client=http_client)
         )
 
     async def __aenter__(self) -> LeapOcrApi:
@@ -159,7 +172,15 @@ class LeapOcrApi:
                     raise LeapOcrRejected(f"{what} refused (HTTP {status}): {exc}") from exc
                 failure: Exception = exc
             except (httpx.TimeoutException, httpx.TransportError, NetworkError) as exc:
-                failure = exc  # NetworkError: the SDK's storage upload of a part failed
+                # NetworkError: the SDK's storage upload of a part failed (before any job could start).
+                if isinstance(exc, httpx.HTTPError) and (_last_request.get() or "").endswith("/complete"):
+                    # The SDK already retried completing the upload; the server may have started the job, and
+                    # uploading again could pay twice. Stop here and say so.
+                    raise LeapOcrSubmissionUnknown(
+                        f"{what}: connection lost while completing the upload ({_describe(exc)}); LeapOCR may "
+                        "have started the job: check it before submitting this document again"
+                    ) from exc
+                failure = exc
             if attempt + 1 == self.policy.max_attempts:
                 raise LeapOcrUnavailable(
                     f"{what} failed after {attempt + 1} attempts: {failure}"

@@ -98,12 +98,16 @@ class LeapOcrExtractBatchOperator(BaseOperator):
         }
         if running:
             self.log.info("Reconnecting to %d LeapOCR jobs already submitted for this batch", len(running))
-        todo = [
+        open_docs = [
             sha
             for sha in shas
             if statuses.get(sha) in (warehouse.REGISTERED, warehouse.WAITING_FOR_CREDITS)
             and ledger.get(sha, {}).get("status") not in warehouse.RECONNECTABLE_JOB_STATES
         ]
+        # An upload reserved by a task that died may or may not have created a job: the trigger waits for the
+        # reservation to resolve or go stale rather than submit a twin right away.
+        reserved = [sha for sha in open_docs if ledger.get(sha, {}).get("status") == "submitting"]
+        todo = [sha for sha in open_docs if sha not in reserved]
         documents = warehouse.document_paths(engine, todo)
         for sha in [s for s in todo if documents[s][2] == "xml"]:
             self._extract_locally(engine, sha, *documents[sha][:2])
@@ -118,6 +122,7 @@ class LeapOcrExtractBatchOperator(BaseOperator):
                     f"{exc} (connection {self.leapocr_conn_id!r}); not retrying"
                 ) from exc
             running.update(submitted)
+        queued = [*queued, *reserved]
         if not running and not queued:
             return shas
         self.defer(

@@ -26,6 +26,7 @@ from invoiceflow.leapocr.hooks import (
     LeapOcrCreditsExhausted,
     LeapOcrHook,
     LeapOcrRejected,
+    LeapOcrSubmissionUnknown,
     LeapOcrUnavailable,
 )
 
@@ -98,29 +99,48 @@ def leapocr_file_name(name: str, content_type: str | None) -> str:
 
 
 async def submit_document(
-    api: LeapOcrApi, engine: Any, sha: str, document: tuple[str, str, str | None], submission: dict[str, Any]
+    api: LeapOcrApi,
+    engine: Any,
+    sha: str,
+    document: tuple[str, str, str | None],
+    submission: dict[str, Any],
+    inflight: set[asyncio.Future[str]] | None = None,
 ) -> str:
     """Upload one document and write its job id to the ledger at once; returns the job id.
 
-    While it uploads, the document holds a ``submitting`` row in the ledger, so concurrent tasks and triggers count
-    it against the in-flight cap before it has a job id.
+    While it uploads, the document holds a ``submitting`` reservation in the ledger, so concurrent tasks and
+    triggers count it against the in-flight cap, and a re-created trigger waits for it instead of submitting a
+    twin. Reservation, upload and record are shielded from cancellation as one unit: a triggerer shutting down
+    lets it finish and record its job, and never leaves a reservation without an upload behind it.
     """
     path, name, content_type = document
     run_id = submission.get("run_id")
-    await asyncio.to_thread(warehouse.reserve_submission, engine, sha, run_id, api.fingerprint)
-    try:
-        data = await asyncio.to_thread(storage.read_bytes, path)
-        options = process_options(submission, content_type)
-        job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
-    except BaseException:
-        await asyncio.shield(asyncio.to_thread(warehouse.release_submission, engine, sha))
-        raise
-    await asyncio.to_thread(warehouse.record_job, engine, sha, job_id, run_id, api.fingerprint)
-    return job_id
+
+    async def upload_and_record() -> str:
+        await asyncio.to_thread(warehouse.reserve_submission, engine, sha, run_id, api.fingerprint)
+        try:
+            data = await asyncio.to_thread(storage.read_bytes, path)
+            options = process_options(submission, content_type)
+            job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
+        except BaseException:
+            await asyncio.to_thread(warehouse.release_submission, engine, sha)
+            raise
+        await asyncio.to_thread(warehouse.record_job, engine, sha, job_id, run_id, api.fingerprint)
+        return job_id
+
+    upload = asyncio.ensure_future(upload_and_record())
+    if inflight is not None:  # the caller keeps its API client open until these finish
+        inflight.add(upload)
+        upload.add_done_callback(inflight.discard)
+    return await asyncio.shield(upload)
+
+
+#: A reservation older than this belongs to a process that died mid-upload (uploads time out after 300 s).
+STALE_RESERVATION_SECONDS = 600.0
 
 
 #: Submission failures that fail only their document (the API refused the file, or it cannot be read).
-DOCUMENT_FAILURES = (LeapOcrRejected, OSError)
+DOCUMENT_FAILURES = (LeapOcrRejected, LeapOcrSubmissionUnknown, OSError)
 #: Submission failures after which the document goes back in the queue (busy or unreachable API: try later).
 REQUEUE_FAILURES = (LeapOcrUnavailable,)
 
@@ -215,6 +235,8 @@ class _BatchRun:
         self.stop_reason: str | None = None
         self.engine: Any = None
         self.submitting = 0
+        self.reserved: set[str] = set()
+        self.inflight: set[asyncio.Future[str]] = set()
         self.gate = InflightGate.for_key(api.fingerprint, api.max_jobs_in_flight)
 
     async def run(self) -> tuple[str, str]:
@@ -226,22 +248,53 @@ class _BatchRun:
             return await self._loop()
         finally:
             self.gate.members.discard(self)
+            if self.inflight:  # cancelled mid-upload: let the uploads finish and record their jobs first
+                await asyncio.gather(*self.inflight, return_exceptions=True)
 
-    async def _adopt_jobs_from_ledger(self) -> None:
-        """After a triggerer restart, jobs a previous instance submitted are in the ledger: poll, never resubmit."""
-        ledger = await asyncio.to_thread(warehouse.jobs_for, self.engine, self.queued)
-        for sha, row in ledger.items():
-            if row["status"] in warehouse.RECONNECTABLE_JOB_STATES:
+    async def _adopt_jobs_from_ledger(self) -> bool:
+        """Jobs another instance submitted are in the ledger: poll them, never resubmit.
+
+        A document reserved by an upload still under way elsewhere waits (it is neither queued nor running) until
+        that upload records its job or gives up, or until the reservation is stale (its process died).
+        """
+        candidates = self.queued + sorted(self.reserved)
+        ledger = await asyncio.to_thread(warehouse.jobs_for, self.engine, candidates)
+        changed = False
+        for sha in candidates:
+            row = ledger.get(sha)
+            if row and row["status"] in warehouse.RECONNECTABLE_JOB_STATES:
                 self.running[row["job_id"]] = sha
+                target = None
+            elif row and row["status"] == "submitting":
+                stale = time.time() - (row["reserved_at"] or 0) > STALE_RESERVATION_SECONDS
+                if stale:
+                    self.t.log.warning(
+                        "Reservation of %s is stale (its process died): submitting again", sha[:12]
+                    )
+                target = "queued" if stale else "reserved"
+            else:
+                target = "queued"
+            in_queue, in_reserved = sha in self.queued, sha in self.reserved
+            if in_queue and target != "queued":
                 self.queued.remove(sha)
+            if in_reserved and target != "reserved":
+                self.reserved.discard(sha)
+            if target == "queued" and not in_queue:
+                self.queued.append(sha)
+            if target == "reserved":
+                self.reserved.add(sha)
+            changed |= (in_queue and target != "queued") or (in_reserved and target != "reserved")
+        return changed
 
     async def _loop(self) -> tuple[str, str]:
         interval = self.t.poll_interval
         idle_rounds = 0
         while True:
             progressed = await self._poll()
+            if self.reserved:
+                progressed |= await self._adopt_jobs_from_ledger()
             progressed |= await self._submit_queued()  # right away into the slots the poll freed
-            if not self.running and (not self.queued or self.stop_reason):
+            if not self.running and not self.reserved and (not self.queued or self.stop_reason):
                 for sha in self.queued:
                     self.outcomes[sha] = {"status": WAITING, "job_id": None, "error": self.stop_reason}
                 failed = sum(1 for o in self.outcomes.values() if o["status"] != COMPLETED)
@@ -255,7 +308,7 @@ class _BatchRun:
                         "job_id": job_id,
                         "error": "job did not finish before the deadline",
                     }
-                for sha in self.queued:
+                for sha in [*self.queued, *self.reserved]:
                     self.outcomes[sha] = {
                         "status": TIMED_OUT,
                         "job_id": None,
@@ -291,7 +344,9 @@ class _BatchRun:
             documents = await asyncio.to_thread(warehouse.document_paths, self.engine, batch)
             results = await asyncio.gather(
                 *(
-                    submit_document(self.api, self.engine, sha, documents[sha], self.t.submission)
+                    submit_document(
+                        self.api, self.engine, sha, documents[sha], self.t.submission, self.inflight
+                    )
                     for sha in batch
                 ),
                 return_exceptions=True,
