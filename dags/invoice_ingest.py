@@ -91,7 +91,7 @@ def invoice_ingest() -> None:
         instructions="{{ params.instructions }}",
         credit_budget="{{ params.credit_budget }}",
         delete_remote_after_fetch="{{ not params.keep_remote_jobs }}",
-        poll_interval=0.5,
+        poll_interval=0.3,
         max_poll_interval=10.0,
         # Deferred tasks free their worker slot: few slots keep many jobs in flight (the cap is per API key).
         max_active_tis_per_dagrun=4,

@@ -6,11 +6,15 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from invoiceflow.extraction import ExtractionResult, UnsupportedDocument, detect_type, extract_pages
+from invoiceflow.extraction.fields import collect_candidates, extract_header_document
+from invoiceflow.extraction.tables import detect_header, extract_line_items, title_kind
+from invoiceflow.extraction.textlayer import Line, PageText, Word
 from invoiceflow.extraction.values import parse_amount, parse_date
 
 CORPUS = Path(os.environ.get("INVOICEFLOW_EINVOICE_CORPUS", "/work/shared/corpus/einvoice-dev"))
@@ -205,3 +209,131 @@ def test_parse_amount(text: str, value: float) -> None:
 )
 def test_parse_date(text: str, iso: str | None) -> None:
     assert parse_date(text) == iso
+
+
+# ---------------------------------------------------------------- OCR-shaped text: glued words, stray dots
+#
+# Pages are built from positioned words (as OCR or a text layer hands them over): 5 pt per character, cells
+# given by their left edge, far enough apart to be separate segments (column gutters).
+
+
+def _line(cells: list[tuple[float, str]], top: float) -> Line:
+    words: list[Word] = []
+    for x0, text in cells:
+        x = x0
+        for token in text.split():
+            words.append(Word(token, x, x + 5.0 * len(token), top, top + 10.0))
+            x += 5.0 * (len(token) + 1)
+    return Line(words)
+
+
+def _page(*rows: list[tuple[float, str]]) -> PageText:
+    return PageText(1, 595.28, 841.89, [_line(cells, 100.0 + 20.0 * i) for i, cells in enumerate(rows)])
+
+
+def _header(*texts: str) -> dict[str, Any]:
+    """Header values chosen for a one-page document with the lines ``texts`` (each starting at x=50).
+
+    An address line goes first: a page with fewer than three words counts as having no text.
+    """
+    rows = [[(50.0, "Muster GmbH, Musterweg 5, 12345 Musterstadt")], *([(50.0, t)] for t in texts)]
+    per_page, _conf = extract_header_document([_page(*rows)])
+    return per_page[0]
+
+
+@pytest.mark.parametrize(
+    ("title", "number", "date"),
+    [
+        ("Rechnung Nr.471102vom05.06.2018", "471102", "2018-06-05"),
+        ("Rechnung Nr. TX-471102vom 30.10.2018", "TX-471102", "2018-10-30"),
+        ("Rechnung TX-471102vom 30.10.2018", "TX-471102", "2018-10-30"),
+        ("Rechnung 471102 vom05.03.2018", "471102", "2018-03-05"),
+        ("Invoice No. 8812from2019-04-12", "8812", "2019-04-12"),
+        # a connector inside the number that is not followed by a date stays part of it
+        ("Rechnung Nr. 12-DEL-34vom05.06.2018", "12-DEL-34", "2018-06-05"),
+        ("Rechnung Nr. 471102 vom 05.06.2018", "471102", "2018-06-05"),  # spaced, as before
+    ],
+)
+def test_title_with_glued_connector_gives_number_and_date(title: str, number: str, date: str) -> None:
+    found = collect_candidates(_page([(50.0, title)]), 0, prefer_dmy=True)
+    titled = {fld: [c.value for c in cands if c.label == "title"] for fld, cands in found.items()}
+    assert titled.get("invoice_number") == [number]
+    assert titled.get("invoice_date") == [date]
+    header = _header(title)
+    assert (header.get("invoice_number"), header.get("invoice_date")) == (number, date)
+
+
+@pytest.mark.parametrize(
+    ("title", "number"),
+    [
+        ("Invoice No. INV-2018-DU-77", "INV-2018-DU-77"),  # "du" then no digits
+        ("Rechnung Nr. 4711vom12", "4711vom12"),  # "vom" then digits that are not a date
+        ("Facture N° FA2019du3-B", "FA2019du3-B"),
+        ("Rechnung Nr. 4711vom2018", "4711vom2018"),
+    ],
+)
+def test_connector_without_a_numeric_date_does_not_cut_the_number(title: str, number: str) -> None:
+    found = collect_candidates(_page([(50.0, title)]), 0, prefer_dmy=True)
+    assert [c.value for c in found.get("invoice_number", []) if c.label == "title"] == [number]
+    assert "invoice_date" not in found
+    assert _header(title).get("invoice_number") == number
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Lieferung gemäßBestellungNr.2013-471331",
+        "Lieferung gemäß Bestellung Nr. 2013-471331",
+        "Wir liefern IhreBestellung Nr. 2013-471331 vollständig",
+    ],
+)
+def test_po_sentence_with_glued_words(text: str) -> None:
+    found = collect_candidates(_page([(50.0, text)]), 0, prefer_dmy=True)
+    assert [(c.value, c.label) for c in found.get("purchase_order_number", [])] == [
+        ("2013-471331", "sentence")
+    ]
+    assert _header("Rechnung Nr. 4711", text).get("purchase_order_number") == "2013-471331"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Lieferung gemäß Nachbestellung Nr. 2013-471331",  # a re-order is not the buyer's PO
+        "Lieferung gemäßNachbestellungNr.2013-471331",
+    ],
+)
+def test_po_sentence_ignores_a_word_that_only_ends_in_bestellung(text: str) -> None:
+    found = collect_candidates(_page([(50.0, text)]), 0, prefer_dmy=True)
+    assert "purchase_order_number" not in found
+    assert "purchase_order_number" not in _header("Rechnung Nr. 4711", text)
+
+
+@pytest.mark.parametrize(
+    ("title", "kind"),
+    [
+        ("Nettobetrag.", "line_total"),
+        ("Nettobetrag", "line_total"),
+        ("Gesamtpreis,", "line_total"),
+        ("Einzelpreis.", "unit_price"),
+        ("Menge;", "quantity"),
+        ("Pos.", "other"),  # a known non-item column keeps its kind
+    ],
+)
+def test_column_title_with_trailing_punctuation(title: str, kind: str) -> None:
+    assert title_kind(title) == kind
+
+
+def test_header_with_trailing_dot_on_amount_title_reads_the_amount_column() -> None:
+    page = _page(
+        [(50.0, "Bezeichnung"), (300.0, "Menge"), (380.0, "Einzelpreis"), (480.0, "Nettobetrag.")],
+        [(50.0, "Beratung"), (305.0, "2"), (390.0, "150,00"), (490.0, "300,00")],
+        [(50.0, "Reisekosten"), (305.0, "1"), (390.0, "80,50"), (495.0, "80,50")],
+    )
+    detected = detect_header(page.lines, 0)
+    assert detected is not None
+    columns, last = detected
+    assert last == 0
+    assert [c.kind for c in columns] == ["description", "quantity", "unit_price", "line_total"]
+    items, _carried = extract_line_items(page)
+    got = [(i["description"], i["quantity"], i["unit_price"], i["line_total"]) for i in items]
+    assert got == [("Beratung", 2.0, 150.0, 300.0), ("Reisekosten", 1.0, 80.5, 80.5)]
