@@ -15,13 +15,15 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
 from invoiceflow import config
 
 
-class QualityCheckFailed(RuntimeError):
-    """At least one expectation failed; the message lists them."""
+class QualityCheckFailed(AirflowFailException):
+    """At least one expectation failed; the message lists them. Fails the task without retries: the data won't
+    change by trying again."""
 
 
 def data_docs_dir() -> Path:
