@@ -133,6 +133,24 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def json_client(
+    base_url: str,
+    agent: str,
+    *,
+    timeout: float,
+    transport: httpx.BaseTransport | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.Client:
+    """The pooled client an ERP connector talks JSON through (``User-Agent: invoiceflow-erp-<agent>``)."""
+    return httpx.Client(
+        base_url=base_url,
+        timeout=timeout,
+        transport=transport,
+        verify=shared_ssl_context(),
+        headers={"Accept": "application/json", "User-Agent": f"invoiceflow-erp-{agent}", **(headers or {})},
+    )
+
+
 def json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
@@ -178,11 +196,45 @@ def error_message(response: httpx.Response) -> tuple[str, Any]:
     return str(body)[:300], body
 
 
+def raise_for_refusal(response: httpx.Response, refused: str, failed: str) -> None:
+    """Raise for a whole-request refusal: :class:`ErpAuthError` on 401/403 (``refused: <message>``), else
+    :class:`ErpRequestError` on any other status >= 300 (``failed: <message>``). Returns for a 1xx/2xx answer."""
+    status = response.status_code
+    if status in (401, 403):
+        message, body = error_message(response)
+        raise ErpAuthError(f"{refused}: {message}", status, body)
+    if status >= 300:
+        message, body = error_message(response)
+        raise ErpRequestError(f"{failed}: {message}", status, body)
+
+
 def backoff_delay(attempt: int, base: float, retry_after: float | None = None) -> float:
     if retry_after is not None:
         return retry_after
     delay = base * (2 ** (attempt - 1))
     return min(delay + random.uniform(0, delay / 10), MAX_BACKOFF_SECONDS)
+
+
+@dataclass
+class Attempts:
+    """One call's retry bookkeeping: ``count`` attempts (a rate-limited answer is a wait, not an attempt), the
+    rate-limit ``waits``, whether any attempt may have reached the ERP (``sent``) and the ``last`` failure."""
+
+    count: int = 0
+    waits: int = 0
+    sent: bool = False
+    last: str = "no attempt made"
+
+    def failed(self, exc: Exception) -> RetryableResponse | None:
+        """Record a retryable failure; returns it when it was a rate-limited answer (counted as a wait instead)."""
+        self.last = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError):
+            self.sent = True  # the request may have arrived before the connection broke
+        if isinstance(exc, RetryableResponse) and exc.rate_limited:
+            self.waits += 1
+            self.count -= 1
+            return exc
+        return None
 
 
 def check_batch(bills: list[dict], batch_key: str, max_batch: int, max_key: int = 128) -> list[str]:
@@ -442,6 +494,33 @@ class OAuthTokens:
                 self._on_refresh_token(rotated)
         self.fetches += 1
         logger.debug("erp token fetched from %s, valid %.0fs", self.token_url, expires_in)
+
+
+def bearer_request(
+    client: httpx.Client,
+    tokens: OAuthTokens | None,
+    connector: str,
+    method: str,
+    path: str,
+    *,
+    headers: Mapping[str, str],
+    static_token: str | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One call with ``Authorization: Bearer`` (from ``tokens``, else ``static_token``) before ``headers``.
+
+    With ``tokens``, a 401 drops the access token and the call is sent once more with a fresh one.
+    """
+    token = tokens.token() if tokens is not None else static_token
+    response = client.request(method, path, headers={"Authorization": f"Bearer {token}", **headers}, **kwargs)
+    if response.status_code == 401 and tokens is not None:
+        logger.info("%s answered 401: refreshing the access token once", connector)
+        tokens.invalidate(token)
+        token = tokens.token()
+        response = client.request(
+            method, path, headers={"Authorization": f"Bearer {token}", **headers}, **kwargs
+        )
+    return response
 
 
 def base_url_from_connection(conn: Any, default: str | None = None) -> str:

@@ -25,10 +25,12 @@ from invoiceflow.erp.base import (
     ErpRequestError,
     ErpUnavailableError,
     RetryableResponse,
+    check_batch,
     error_message,
+    json_client,
     json_default,
+    raise_for_refusal,
     retry_after_seconds,
-    shared_ssl_context,
 )
 
 __all__ = [
@@ -77,15 +79,12 @@ class SandboxErpClient:
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        headers = {"Accept": "application/json", "User-Agent": "invoiceflow-erp-client"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
+        self._client = json_client(
+            base_url.rstrip("/"),
+            "client",
             timeout=timeout,
             transport=transport,
-            verify=shared_ssl_context(),
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         )
         self.max_retries = max_retries
         self.backoff = backoff
@@ -113,13 +112,8 @@ class SandboxErpClient:
         """
         if not bills:
             return []
-        if len(bills) > MAX_BATCH_SIZE:
-            raise ValueError(f"at most {MAX_BATCH_SIZE} bills per batch, got {len(bills)}")
-        if not batch_key or not batch_key.strip() or len(batch_key) > MAX_KEY_LENGTH:
-            raise ValueError(f"batch_key must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
-        references = [b.get("reference") if isinstance(b, dict) else None for b in bills]
-        if not all(isinstance(r, str) and r.strip() for r in references):
-            raise ValueError("every bill needs a non-empty string 'reference' (our idempotency marker)")
+        check_batch(bills, batch_key, MAX_BATCH_SIZE, MAX_KEY_LENGTH)
+        references: list[str] = [b["reference"] for b in bills]  # as given: outcomes echo them unstripped
 
         content = json.dumps({"bills": bills}, default=_json_default).encode("utf-8")
         headers = {"Content-Type": "application/json", "Idempotency-Key": batch_key}
@@ -174,12 +168,9 @@ class SandboxErpClient:
         status = response.status_code
         if status == 429 or status >= 500:
             raise _RetryableResponse(f"HTTP {status}", _retry_after_seconds(response))
-        if status in (401, 403):
-            message, body = _error_message(response)
-            raise ErpAuthError(f"ERP refused credentials (HTTP {status}): {message}", status, body)
-        if status >= 300:
-            message, body = _error_message(response)
-            raise ErpRequestError(f"ERP rejected the batch (HTTP {status}): {message}", status, body)
+        raise_for_refusal(
+            response, f"ERP refused credentials (HTTP {status})", f"ERP rejected the batch (HTTP {status})"
+        )
         try:
             body = response.json()
         except ValueError as exc:
@@ -249,12 +240,7 @@ class SandboxErpClient:
                 if response.status_code == 429 or response.status_code >= 500:
                     retry_after = _retry_after_seconds(response)
                     raise _RetryableResponse(f"HTTP {response.status_code}", retry_after)
-                if response.status_code in (401, 403):
-                    message, body = _error_message(response)
-                    raise ErpAuthError(f"ERP refused credentials: {message}", response.status_code, body)
-                if response.status_code >= 300:
-                    message, body = _error_message(response)
-                    raise ErpRequestError(f"ERP read-back failed: {message}", response.status_code, body)
+                raise_for_refusal(response, "ERP refused credentials", "ERP read-back failed")
                 bills = response.json()["bills"]
                 if not isinstance(bills, list):
                     raise _RetryableResponse("'bills' is not a list")

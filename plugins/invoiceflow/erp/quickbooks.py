@@ -27,23 +27,22 @@ from typing import Any
 import httpx
 
 from invoiceflow.erp.base import (
+    Attempts,
     BillOutcome,
-    ErpAuthError,
     ErpRateLimitedError,
-    ErpRequestError,
     ErpUnavailableError,
     OAuthTokens,
     RetryableResponse,
     backoff_delay,
+    bearer_request,
     bill_lines,
     check_batch,
     derived_key,
     dumps,
-    error_message,
+    json_client,
     log_outcomes,
-    logger,
     normalize_key,
-    shared_ssl_context,
+    raise_for_refusal,
     to_decimal,
 )
 
@@ -95,13 +94,7 @@ class QuickBooksConnector:
         self.max_throttle_waits = max_throttle_waits
         self.backoff = backoff
         self._sleep = sleep
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            verify=shared_ssl_context(),
-            headers={"Accept": "application/json", "User-Agent": "invoiceflow-erp-quickbooks"},
-        )
+        self._client = json_client(self.base_url, "quickbooks", timeout=timeout, transport=transport)
         self._static_token = access_token
         self.tokens: OAuthTokens | None = None
         if refresh_token:
@@ -143,18 +136,17 @@ class QuickBooksConnector:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         extra = kwargs.pop("headers", None) or {}
         params = {"minorversion": str(self.minor_version), **(kwargs.pop("params", None) or {})}
-        response: httpx.Response | None = None
-        for attempt in (1, 2):
-            token = self.tokens.token() if self.tokens else self._static_token
-            headers = {"Authorization": f"Bearer {token}", **extra}
-            response = self._client.request(method, path, headers=headers, params=params, **kwargs)
-            if response.status_code == 401 and attempt == 1 and self.tokens is not None:
-                logger.info("quickbooks answered 401: refreshing the access token once")
-                self.tokens.invalidate(token)
-                continue
-            break
-        assert response is not None
-        return response
+        return bearer_request(
+            self._client,
+            self.tokens,
+            "quickbooks",
+            method,
+            path,
+            headers=extra,
+            static_token=self._static_token,
+            params=params,
+            **kwargs,
+        )
 
     def _call(
         self, method: str, path: str, *, ambiguous: bool, **kwargs: Any
@@ -163,12 +155,9 @@ class QuickBooksConnector:
 
         Raises for whole-request refusals and, when nothing can have been applied, for exhausted throttling.
         """
-        attempts = 0
-        waits = 0
-        sent = False
-        last = "no attempt made"
+        tries = Attempts()
         while True:
-            attempts += 1
+            tries.count += 1
             try:
                 response = self._request(method, path, **kwargs)
                 status = response.status_code
@@ -176,50 +165,40 @@ class QuickBooksConnector:
                     raise RetryableResponse(
                         "HTTP 429 ThrottleExceeded", self.throttle_wait, rate_limited=True
                     )
-                sent = True
+                tries.sent = True
                 if status >= 500:
                     raise RetryableResponse(f"HTTP {status}")
-                if status in (401, 403):
-                    message, body = error_message(response)
-                    raise ErpAuthError(
-                        f"QuickBooks refused credentials (HTTP {status}): {message}", status, body
-                    )
-                if status >= 300:
-                    message, body = error_message(response)
-                    raise ErpRequestError(
-                        f"QuickBooks refused the request (HTTP {status}): {message}", status, body
-                    )
+                raise_for_refusal(
+                    response,
+                    f"QuickBooks refused credentials (HTTP {status})",
+                    f"QuickBooks refused the request (HTTP {status})",
+                )
                 try:
                     body = response.json()
                 except ValueError as exc:
                     raise RetryableResponse("malformed JSON in a 2xx response") from exc
                 if not isinstance(body, dict):
                     raise RetryableResponse("2xx response is not an object")
-                return body, attempts, last
+                return body, tries.count, tries.last
             except (httpx.TransportError, RetryableResponse) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError):
-                    sent = True
                 retry_after = None
-                if isinstance(exc, RetryableResponse) and exc.rate_limited:
-                    waits += 1
-                    attempts -= 1
-                    retry_after = exc.retry_after
-                    if waits > self.max_throttle_waits:
-                        if not sent or not ambiguous:
+                if (limited := tries.failed(exc)) is not None:
+                    retry_after = limited.retry_after
+                    if tries.waits > self.max_throttle_waits:
+                        if not tries.sent or not ambiguous:
                             raise ErpRateLimitedError(
-                                f"QuickBooks still throttling after {waits - 1} waits",
+                                f"QuickBooks still throttling after {tries.waits - 1} waits",
                                 self.throttle_wait,
                                 "minute",
                             ) from exc
-                        return None, attempts, last
-                elif attempts > self.max_retries:
+                        return None, tries.count, tries.last
+                elif tries.count > self.max_retries:
                     if not ambiguous:
                         raise ErpUnavailableError(
-                            f"QuickBooks read failed after {attempts} attempts: {last}"
+                            f"QuickBooks read failed after {tries.count} attempts: {tries.last}"
                         ) from exc
-                    return None, attempts, last
-                self._sleep(backoff_delay(max(attempts, 1), self.backoff, retry_after))
+                    return None, tries.count, tries.last
+                self._sleep(backoff_delay(max(tries.count, 1), self.backoff, retry_after))
 
     def query(self, statement: str) -> dict[str, Any]:
         body, _, _ = self._call("GET", f"{self._path}/query", ambiguous=False, params={"query": statement})

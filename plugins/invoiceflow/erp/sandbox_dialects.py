@@ -278,8 +278,11 @@ def install_xero(
         )
 
     @contextlib.asynccontextmanager
-    async def api_call(request: Request) -> AsyncIterator[tuple[str, dict[str, str]] | Response]:
-        """Auth, tenant, rate limits; yields (tenant, headers) or an error response."""
+    async def api_call(
+        request: Request, *, inject_faults: bool = False
+    ) -> AsyncIterator[tuple[str, dict[str, str]] | Response]:
+        """Auth, tenant, rate limits (then, with ``inject_faults``, an injected 5xx); yields (tenant, headers) or
+        an error response."""
         if not tokens.valid(request.headers.get("authorization", "")):
             yield JSONResponse(
                 {
@@ -327,6 +330,9 @@ def install_xero(
                         "X-DayLimit-Remaining": str(day_left),
                     },
                 )
+                return
+            if inject_faults and (err := faults.error()) is not None:
+                yield err
                 return
             yield (
                 tenant,
@@ -551,12 +557,10 @@ def install_xero(
     async def put_invoices(request: Request) -> Response:
         from invoiceflow.erp.sandbox import IdempotencyKeyReused
 
-        async with api_call(request) as ctx:
+        async with api_call(request, inject_faults=True) as ctx:
             if isinstance(ctx, Response):
                 return ctx
             tenant, headers = ctx
-            if (err := faults.error()) is not None:
-                return err
             key = request.headers.get("idempotency-key")
             if key is not None and (not key.strip() or len(key) > 128):
                 return xero_error(400, "Idempotency-Key must be 1-128 characters", headers)
@@ -589,12 +593,10 @@ def install_xero(
 
     @app.get("/api.xro/2.0/Invoices")
     async def get_invoices(request: Request) -> Response:
-        async with api_call(request) as ctx:
+        async with api_call(request, inject_faults=True) as ctx:
             if isinstance(ctx, Response):
                 return ctx
             tenant, headers = ctx
-            if (err := faults.error()) is not None:
-                return err
             q = request.query_params
             # Xero compares strings case-insensitively.
             numbers = {n.strip().casefold() for n in q.get("InvoiceNumbers", "").split(",") if n.strip()}

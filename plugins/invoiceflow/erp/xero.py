@@ -23,24 +23,26 @@ from typing import Any
 import httpx
 
 from invoiceflow.erp.base import (
+    Attempts,
     BillOutcome,
-    ErpAuthError,
     ErpRateLimitedError,
     ErpRequestError,
     ErpUnavailableError,
     OAuthTokens,
     RetryableResponse,
     backoff_delay,
+    bearer_request,
     bill_lines,
     check_batch,
     derived_key,
     dumps,
     error_message,
+    json_client,
     log_outcomes,
     logger,
     normalize_key,
+    raise_for_refusal,
     retry_after_seconds,
-    shared_ssl_context,
     split_tax,
     to_decimal,
 )
@@ -95,13 +97,7 @@ class XeroConnector:
         self.max_retry_after = max_retry_after
         self.backoff = backoff
         self._sleep = sleep
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            verify=shared_ssl_context(),
-            headers={"Accept": "application/json", "User-Agent": "invoiceflow-erp-xero"},
-        )
+        self._client = json_client(self.base_url, "xero", timeout=timeout, transport=transport)
         self.tokens = OAuthTokens(
             self._client,
             token_url or f"{self.base_url}/connect/token",
@@ -131,16 +127,8 @@ class XeroConnector:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call with auth headers; refreshes the token once on 401."""
         extra = kwargs.pop("headers", None) or {}
-        for attempt in (1, 2):
-            token = self.tokens.token()
-            headers = {"Authorization": f"Bearer {token}", "xero-tenant-id": self.tenant_id, **extra}
-            response = self._client.request(method, path, headers=headers, **kwargs)
-            if response.status_code == 401 and attempt == 1:
-                logger.info("xero answered 401: refreshing the access token once")
-                self.tokens.invalidate(token)
-                continue
-            return response
-        return response
+        headers = {"xero-tenant-id": self.tenant_id, **extra}
+        return bearer_request(self._client, self.tokens, "xero", method, path, headers=headers, **kwargs)
 
     def _rate_limited(self, response: httpx.Response) -> RetryableResponse:
         problem = response.headers.get("x-rate-limit-problem")
@@ -155,11 +143,9 @@ class XeroConnector:
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         """A read with retries; raises :class:`ErpUnavailableError` rather than ever returning "nothing"."""
-        last = "no attempt made"
-        attempt = 0
-        waits = 0
+        tries = Attempts()
         while True:
-            attempt += 1
+            tries.count += 1
             retry_after: float | None = None
             try:
                 response = self._request("GET", path, params=params)
@@ -167,27 +153,21 @@ class XeroConnector:
                     raise self._rate_limited(response)
                 if response.status_code >= 500:
                     raise RetryableResponse(f"HTTP {response.status_code}")
-                if response.status_code in (401, 403):
-                    message, body = error_message(response)
-                    raise ErpAuthError(f"Xero refused credentials: {message}", response.status_code, body)
-                if response.status_code >= 300:
-                    message, body = error_message(response)
-                    raise ErpRequestError(f"Xero read failed: {message}", response.status_code, body)
+                raise_for_refusal(response, "Xero refused credentials", "Xero read failed")
                 body = response.json()
                 if not isinstance(body, dict):
                     raise RetryableResponse("response is not a JSON object")
                 return body
             except (httpx.TransportError, RetryableResponse, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, RetryableResponse) and exc.rate_limited:
-                    waits += 1
-                    attempt -= 1
-                    retry_after = exc.retry_after
-                    if waits > self.max_rate_limit_waits:
-                        raise ErpUnavailableError(f"Xero read still rate-limited: {last}") from exc
-                if attempt > self.max_retries:
-                    raise ErpUnavailableError(f"Xero read failed after {attempt} attempts: {last}") from exc
-                self._sleep(backoff_delay(max(attempt, 1), self.backoff, retry_after))
+                if (limited := tries.failed(exc)) is not None:
+                    retry_after = limited.retry_after
+                    if tries.waits > self.max_rate_limit_waits:
+                        raise ErpUnavailableError(f"Xero read still rate-limited: {tries.last}") from exc
+                if tries.count > self.max_retries:
+                    raise ErpUnavailableError(
+                        f"Xero read failed after {tries.count} attempts: {tries.last}"
+                    ) from exc
+                self._sleep(backoff_delay(max(tries.count, 1), self.backoff, retry_after))
 
     # ------------------------------------------------------------------------------------------------ mapping
 
@@ -313,12 +293,9 @@ class XeroConnector:
     ) -> tuple[list[BillOutcome], int]:
         content = dumps(body)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        attempts = 0
-        waits = 0
-        sent = False  # did any attempt possibly reach Xero?
-        last = "no attempt made"
+        tries = Attempts()  # tries.sent: did any attempt possibly reach Xero?
         while True:
-            attempts += 1
+            tries.count += 1
             retry_after: float | None = None
             try:
                 response = self._request(
@@ -331,19 +308,18 @@ class XeroConnector:
                 status = response.status_code
                 if status == 429:
                     raise self._rate_limited(response)
-                sent = True
+                tries.sent = True
                 if status >= 500:
                     raise RetryableResponse(f"HTTP {status}")
                 if status == 400:
                     parsed = self._validation_exception(response, body, references)
                     if parsed is not None:
-                        return parsed, attempts
-                if status in (401, 403):
-                    message, err = error_message(response)
-                    raise ErpAuthError(f"Xero refused credentials (HTTP {status}): {message}", status, err)
-                if status >= 300:
-                    message, err = error_message(response)
-                    raise ErpRequestError(f"Xero rejected the batch (HTTP {status}): {message}", status, err)
+                        return parsed, tries.count
+                raise_for_refusal(
+                    response,
+                    f"Xero refused credentials (HTTP {status})",
+                    f"Xero rejected the batch (HTTP {status})",
+                )
                 try:
                     payload = response.json()
                     items = payload["Invoices"]
@@ -351,34 +327,29 @@ class XeroConnector:
                         raise TypeError("Invoices is not a list")
                 except (ValueError, KeyError, TypeError) as exc:
                     raise RetryableResponse(f"malformed 2xx response: {exc}") from exc
-                return self._map(items, body["Invoices"], references), attempts
+                return self._map(items, body["Invoices"], references), tries.count
             except ErpRateLimitedError:
-                if sent:
+                if tries.sent:
                     break
                 raise
             except (httpx.TransportError, RetryableResponse) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectError):
-                    sent = True
-                if isinstance(exc, RetryableResponse) and exc.rate_limited:
-                    waits += 1
-                    attempts -= 1
-                    retry_after = exc.retry_after
-                    if waits > self.max_rate_limit_waits:
-                        if not sent:
+                if (limited := tries.failed(exc)) is not None:
+                    retry_after = limited.retry_after
+                    if tries.waits > self.max_rate_limit_waits:
+                        if not tries.sent:
                             raise ErpRateLimitedError(
-                                f"Xero still rate-limited after {waits} waits", retry_after, "minute"
+                                f"Xero still rate-limited after {tries.waits} waits", retry_after, "minute"
                             ) from exc
                         break
-                elif attempts > self.max_retries:
+                elif tries.count > self.max_retries:
                     break
-                delay = backoff_delay(max(attempts, 1), self.backoff, retry_after)
-                logger.debug("xero PUT key=%s failed (%s); retrying in %.2fs", key, last, delay)
+                delay = backoff_delay(max(tries.count, 1), self.backoff, retry_after)
+                logger.debug("xero PUT key=%s failed (%s); retrying in %.2fs", key, tries.last, delay)
                 self._sleep(delay)
         return [
-            BillOutcome(r, "unknown", None, f"no answer after {attempts} attempts: {last}")
+            BillOutcome(r, "unknown", None, f"no answer after {tries.count} attempts: {tries.last}")
             for r in references
-        ], attempts
+        ], tries.count
 
     def _map(self, items: list[Any], sent: list[dict[str, Any]], references: list[str]) -> list[BillOutcome]:
         """Correlate by position, checked against our marker (then by marker anywhere): never trust order alone."""
