@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from invoiceflow.vendors import VendorMaster, load_master, name_key
 from invoiceflow.warehouse import (
     BLOCKED,
+    DERIVED_COLUMNS,
     DUPLICATE_ISSUE,
     HEADER_COLUMNS,
     LINE_COLUMNS,
@@ -504,19 +505,7 @@ def validate(
             {"code": code, "message": MESSAGES[code], "severity": BLOCKED if code in BLOCKING else "review"}
             for code in sorted(found[sha])
         ]
-        derived = {
-            k: row[k]
-            for k in (
-                "document_type",
-                "vendor_id",
-                "vendor_match_score",
-                "vendor_key",
-                "invoice_number_norm",
-                "duplicate_of",
-                "vendor_vat_id",
-                "vendor_iban",
-            )
-        }
+        derived = {k: row[k] for k in DERIVED_COLUMNS}
         results.append(ValidatedInvoice(sha, header, lines, issues, derived))
     return results
 
