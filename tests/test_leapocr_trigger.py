@@ -13,7 +13,14 @@ from airflow.triggers.base import TriggerEvent
 from leapocr import JobStatus, JobStatusType
 
 from invoiceflow.leapocr.hooks import LeapOcrAuthError, LeapOcrRejected, LeapOcrUnavailable
-from invoiceflow.leapocr.triggers import FAST_POLL_ROUNDS, LeapOcrJobsTrigger, validate_trigger_event
+from invoiceflow.leapocr.triggers import (
+    DURATION_SAMPLES,
+    FAST_POLL_ROUNDS,
+    InflightGate,
+    LeapOcrJobsTrigger,
+    PollSchedule,
+    validate_trigger_event,
+)
 
 CLASSPATH = "invoiceflow.leapocr.triggers.LeapOcrJobsTrigger"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,12 +84,29 @@ def make_trigger(jobs: dict[str, str] | None = None, end_time: float | None = No
     )
 
 
+class FakeClock:
+    """The poll schedule's clock, advanced only by the (mocked) sleeps of the trigger."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 async def events_of(
     trigger: LeapOcrJobsTrigger, client: FakeApi
 ) -> tuple[list[TriggerEvent], mock.AsyncMock]:
+    clock = FakeClock()
     with (
         mock.patch("invoiceflow.leapocr.triggers.LeapOcrHook.aget_api", mock.AsyncMock(return_value=client)),
-        mock.patch("invoiceflow.leapocr.triggers.asyncio.sleep", mock.AsyncMock()) as sleep,
+        mock.patch("invoiceflow.leapocr.triggers._monotonic", clock),
+        mock.patch(
+            "invoiceflow.leapocr.triggers.asyncio.sleep", mock.AsyncMock(side_effect=clock.sleep)
+        ) as sleep,
     ):
         return [event async for event in trigger.run()], sleep
 
@@ -135,7 +159,7 @@ async def test_all_jobs_completed_yields_one_done_event_and_backs_off_while_idle
 
 
 @pytest.mark.asyncio
-async def test_polling_backs_off_after_the_fast_rounds_and_drops_back_on_progress() -> None:
+async def test_polling_of_a_job_backs_off_after_its_fast_rounds() -> None:
     still_running = [status("job-1", "processing")] * (FAST_POLL_ROUNDS + 4)
     client = FakeApi(
         {
@@ -146,8 +170,42 @@ async def test_polling_backs_off_after_the_fast_rounds_and_drops_back_on_progres
     events, sleep = await events_of(make_trigger(), client)
     assert [e.payload["status"] for e in events] == ["done"]
     delays = [c.args[0] for c in sleep.await_args_list]
-    # base interval while jobs are young, then x1.5 per idle round up to the 4 s cap; job-1 finishing resets it
-    assert delays == [1.0] * FAST_POLL_ROUNDS + [1.5, 2.25, 3.375, 4.0, 1.0]
+    # base interval while the jobs are young, then x1.5 per poll up to the 4 s cap; each job keeps its own pace,
+    # so job-1 finishing does not make the trigger poll the long job-2 faster
+    assert delays == [1.0] * FAST_POLL_ROUNDS + [1.5, 2.25, 3.375, 4.0, 4.0]
+    assert client.job_status.await_count == (FAST_POLL_ROUNDS + 5) + (FAST_POLL_ROUNDS + 6)
+
+
+def test_poll_schedule_first_polls_a_new_job_when_jobs_are_usually_done() -> None:
+    clock = FakeClock()
+    schedule = PollSchedule(base=0.3, cap=10.0, clock=clock)
+    schedule.add("adopted")  # from the ledger: its age is unknown, poll at once
+    schedule.add("new", expected=2.0, submitted=True)
+    schedule.add("unknown", expected=None, submitted=True)
+    assert schedule.due() == ["adopted"]
+    schedule.finished("adopted")
+    assert schedule.wait() == pytest.approx(0.3)
+    clock.now += 0.3
+    assert schedule.due() == ["unknown"]
+    schedule.still_running("unknown")
+    # 1.95 s after submission: within a quarter interval of "new" (due at 2.0), so both are polled now
+    clock.now += 1.65
+    assert sorted(schedule.due()) == ["new", "unknown"]
+    assert schedule.finished("new") == pytest.approx(1.95)
+    assert schedule.finished("adopted") is None
+
+
+def test_expected_duration_is_the_lower_quartile_of_recent_jobs() -> None:
+    gate = InflightGate(capacity=4)
+    for seconds in (2.3, 2.1, 2.2):
+        gate.observe_duration(seconds)
+    assert gate.expected_duration() is None  # too few to predict
+    for seconds in (2.05, 9.0, 2.4, 2.15, 2.25):
+        gate.observe_duration(seconds)
+    assert gate.expected_duration() == 2.15
+    for _ in range(DURATION_SAMPLES):
+        gate.observe_duration(1.0)
+    assert gate.expected_duration() == 1.0  # only recent jobs count
 
 
 @pytest.mark.asyncio

@@ -853,6 +853,7 @@ class OcrService:
             return job
 
     def _run_job(self, job_id: str) -> None:
+        started = time.monotonic()  # the latency per page counts from here: extraction runs within it
         job = self._update(job_id, status=PROCESSING)
         if job is None:
             return
@@ -871,7 +872,7 @@ class OcrService:
             log.exception("job %s crashed", job_id)
             self._finish(job_id, FAILED, error_message=f"internal error: {type(exc).__name__}: {exc}")
             return
-        self._publish(job_id, pages)
+        self._publish(job_id, pages, started)
 
     def _load_input(self, job: Job) -> tuple[bytes, str]:
         if job.source_url is not None:
@@ -900,17 +901,23 @@ class OcrService:
             except ApiError as exc:
                 raise JobFailure(exc.message) from exc
 
-    def _publish(self, job_id: str, pages: list[dict[str, Any]]) -> None:
+    def _publish(self, job_id: str, pages: list[dict[str, Any]], started: float) -> None:
         """Release pages one by one so status polls see progress (and latency emulates a remote service).
 
-        A job picked by ``fail_rate`` fails half-way, after spending the latency of the pages it got through.
+        Page k is released ``k x latency_per_page`` after the job started processing (or as soon as it is
+        extracted, when extraction took longer), so a job takes the latency a remote service would, not the
+        latency plus our own extraction time. A job picked by ``fail_rate`` fails half-way, after spending the
+        latency of the pages it got through.
         """
         job = self._update(job_id, total_pages=len(pages), processed_pages=0)
         if job is None:
             return
         fail_at = math.ceil(len(pages) / 2) if job.inject_failure else 0
         for number, page in enumerate(sorted(pages, key=lambda p: p["page_number"]), start=1):
-            if self.settings.latency_per_page and self._stopping.wait(self.settings.latency_per_page):
+            release_at = started + number * self.settings.latency_per_page
+            if self.settings.latency_per_page and self._stopping.wait(
+                max(0.0, release_at - time.monotonic())
+            ):
                 return
             if number == fail_at:
                 self.count_fault("failed_jobs")
@@ -1373,7 +1380,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="the only X-API-KEY served (default: $LEAPOCR_API_KEY)")
     parser.add_argument("--workers", type=int, default=2, help="jobs processed at once")
     parser.add_argument(
-        "--latency", type=float, default=0.0, metavar="S", help="extra seconds of processing per page"
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds of processing per page, extraction included (emulates a remote service)",
     )
     faults = parser.add_argument_group(
         "fault injection",

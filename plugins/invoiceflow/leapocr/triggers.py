@@ -9,11 +9,12 @@ the moment it exists, and yields exactly one event with the outcome of every doc
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -34,8 +35,12 @@ from invoiceflow.leapocr.hooks import (
 #: documents are ``timeout``); ``error``: the trigger could not go on (e.g. bad credentials).
 DONE, TIMEOUT, ERROR = "done", "timeout", "error"
 EVENT_STATUSES = (DONE, TIMEOUT, ERROR)
-#: Idle polls at the base interval before backing off: most jobs of a normal invoice finish within them.
+#: Polls of one job at the base interval before its polling backs off: most normal invoices finish within them.
 FAST_POLL_ROUNDS = 6
+#: Seconds between progress log lines while no document finishes.
+PROGRESS_LOG_SECONDS = 10.0
+#: Completed jobs of this process whose durations predict when a new job will be done (per API key).
+DURATION_SAMPLES = 32
 #: Per-document outcomes.
 COMPLETED, FAILED, TIMED_OUT, WAITING = "completed", "failed", "timeout", "waiting_for_credits"
 #: Content types LeapOCR accepts, with the file extension it derives the type from.
@@ -57,6 +62,7 @@ class InflightGate:
         self.capacity = capacity
         self.members: weakref.WeakSet[_BatchRun] = weakref.WeakSet()
         self.freed = asyncio.Event()
+        self.durations: collections.deque[float] = collections.deque(maxlen=DURATION_SAMPLES)
 
     @classmethod
     def for_key(cls, fingerprint: str, capacity: int) -> InflightGate:
@@ -77,6 +83,74 @@ class InflightGate:
     async def wait_freed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.freed.wait(), timeout)
+
+    def observe_duration(self, seconds: float) -> None:
+        """A job submitted here was seen done ``seconds`` after its submission."""
+        self.durations.append(seconds)
+
+    def expected_duration(self) -> float | None:
+        """When a new job is likely done: the lower quartile of recent durations (``None`` until there are 4).
+
+        Durations are measured up to the poll that saw the job done, so they overshoot by up to a poll interval;
+        the lower quartile keeps the first poll close to the real finish without drifting late.
+        """
+        if len(self.durations) < 4:
+            return None
+        return sorted(self.durations)[len(self.durations) // 4]
+
+
+def _monotonic() -> float:
+    """The poll schedule's clock (a seam for tests, which replace it together with ``asyncio.sleep``)."""
+    return time.monotonic()
+
+
+class PollSchedule:
+    """When to poll each running job, so a job is looked at when it is likely done, not on a global beat.
+
+    A new job is first polled after the duration jobs of this API key usually take (or the base interval while
+    that is unknown), then every ``base`` seconds; after ``FAST_POLL_ROUNDS`` polls that found it running, its
+    interval grows by half per poll up to ``cap`` (long documents). Jobs due within a quarter interval of each
+    other are polled together, so the trigger wakes once for them.
+    """
+
+    def __init__(self, base: float, cap: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base, self.cap, self.clock = base, cap, clock
+        self.due_at: dict[str, float] = {}
+        self.polls: dict[str, int] = {}
+        self.submitted_at: dict[str, float] = {}
+
+    def add(self, job_id: str, *, expected: float | None = None, submitted: bool = False) -> None:
+        """Track a job: one just submitted here (``submitted``) or one adopted from the ledger (polled now)."""
+        now = self.clock()
+        self.polls[job_id] = 0
+        if submitted:
+            self.submitted_at[job_id] = now
+            self.due_at[job_id] = now + max(self.base, expected or 0.0)
+        else:
+            self.due_at[job_id] = now
+
+    def due(self) -> list[str]:
+        horizon = self.clock() + self.base / 4
+        return [job_id for job_id, at in self.due_at.items() if at <= horizon]
+
+    def still_running(self, job_id: str) -> None:
+        self.polls[job_id] += 1
+        extra = self.polls[job_id] - FAST_POLL_ROUNDS
+        interval = self.base if extra <= 0 else min(self.base * 1.5**extra, self.cap)
+        self.due_at[job_id] = self.clock() + interval
+
+    def finished(self, job_id: str) -> float | None:
+        """Stop tracking a job; returns how long it ran since its submission here (``None`` if adopted)."""
+        self.due_at.pop(job_id, None)
+        self.polls.pop(job_id, None)
+        submitted = self.submitted_at.pop(job_id, None)
+        return None if submitted is None else self.clock() - submitted
+
+    def wait(self) -> float:
+        """Seconds until the next job is due (the base interval when none runs)."""
+        if not self.due_at:
+            return self.base
+        return max(0.0, min(self.due_at.values()) - self.clock())
 
 
 def process_options(submission: dict[str, Any], content_type: str | None) -> ProcessOptions:
@@ -167,8 +241,9 @@ class LeapOcrJobsTrigger(BaseTrigger):
     :param queued: document hashes still to submit (as slots free up under the per-key cap).
     :param submission: how to submit: ``schemas`` (by content type), or ``template_slug``; ``model``,
         ``instructions``, ``run_id`` and ``credit_budget`` (stop submitting once the run used that many credits).
-    :param poll_interval: wait between polls while jobs are young or finishing; after ``FAST_POLL_ROUNDS`` idle
-        rounds it grows by half each round up to ``max_poll_interval``, and drops back as soon as a job finishes.
+    :param poll_interval: wait between polls of a job; a job is first polled when jobs of this API key are
+        usually done, and after ``FAST_POLL_ROUNDS`` polls that found it running its interval grows by half per
+        poll up to ``max_poll_interval`` (see :class:`PollSchedule`).
     """
 
     def __init__(
@@ -238,6 +313,13 @@ class _BatchRun:
         self.reserved: set[str] = set()
         self.inflight: set[asyncio.Future[str]] = set()
         self.gate = InflightGate.for_key(api.fingerprint, api.max_jobs_in_flight)
+        self.schedule = PollSchedule(trigger.poll_interval, trigger.max_poll_interval, clock=_monotonic)
+        for job_id in self.running:
+            self.schedule.add(job_id)
+        self.last_progress_log = 0.0
+        self.pages: dict[
+            str, tuple[int, int]
+        ] = {}  # (processed, total) of running jobs, from their last poll
 
     async def run(self) -> tuple[str, str]:
         self.engine = await warehouse.aget_engine(self.t.warehouse_conn_id)
@@ -263,7 +345,9 @@ class _BatchRun:
         for sha in candidates:
             row = ledger.get(sha)
             if row and row["status"] in warehouse.RECONNECTABLE_JOB_STATES:
-                self.running[row["job_id"]] = sha
+                if row["job_id"] not in self.running:
+                    self.running[row["job_id"]] = sha
+                    self.schedule.add(row["job_id"])
                 target = None
             elif row and row["status"] == "submitting":
                 stale = time.time() - (row["reserved_at"] or 0) > STALE_RESERVATION_SECONDS
@@ -287,13 +371,11 @@ class _BatchRun:
         return changed
 
     async def _loop(self) -> tuple[str, str]:
-        interval = self.t.poll_interval
-        idle_rounds = 0
         while True:
-            progressed = await self._poll()
+            await self._poll()
             if self.reserved:
-                progressed |= await self._adopt_jobs_from_ledger()
-            progressed |= await self._submit_queued()  # right away into the slots the poll freed
+                await self._adopt_jobs_from_ledger()
+            await self._submit_queued()  # right away into the slots the poll freed
             if not self.running and not self.reserved and (not self.queued or self.stop_reason):
                 for sha in self.queued:
                     self.outcomes[sha] = {"status": WAITING, "job_id": None, "error": self.stop_reason}
@@ -315,15 +397,13 @@ class _BatchRun:
                         "error": "never submitted before the deadline",
                     }
                 return TIMEOUT, f"{len(self.running) + len(self.queued)} documents unfinished at the deadline"
-            idle_rounds = 0 if progressed else idle_rounds + 1
-            if idle_rounds > FAST_POLL_ROUNDS:  # long jobs: poll less and less often
-                interval = min(interval * 1.5, self.t.max_poll_interval)
-            else:
-                interval = self.t.poll_interval
+            wait = self.schedule.wait()
+            if (self.queued and not self.stop_reason) or self.reserved:
+                wait = min(wait, self.t.poll_interval)  # documents waiting for a slot: look again soon
             if self.queued and not self.stop_reason and not self.gate.free():
-                await self.gate.wait_freed(interval)  # a slot freed by any trigger wakes us at once
+                await self.gate.wait_freed(wait)  # a slot freed by any trigger wakes us at once
             else:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(wait)
 
     # ------------------------------------------------------------------------------------------ submission
 
@@ -368,6 +448,7 @@ class _BatchRun:
                 raise result
             else:
                 self.running[result] = sha
+                self.schedule.add(result, expected=self.gate.expected_duration(), submitted=True)
         return True
 
     async def _budget_left(self) -> int:
@@ -385,32 +466,44 @@ class _BatchRun:
     # ------------------------------------------------------------------------------------------ polling
 
     async def _poll(self) -> bool:
-        if not self.running:
+        """Poll the jobs that are due; returns whether any finished."""
+        jobs = self.schedule.due()
+        if not jobs:
             return False
-        jobs = list(self.running)
         checks = await asyncio.gather(*(self._check(job_id) for job_id in jobs))
         ended: dict[str, str] = {}
-        done_pages = total_pages = 0
         for job_id, (outcome, pages) in zip(jobs, checks, strict=True):
             if outcome is None:
-                done_pages += pages[0]
-                total_pages += pages[1]
+                self.pages[job_id] = pages
+                self.schedule.still_running(job_id)
                 continue
+            if (took := self.schedule.finished(job_id)) is not None and outcome["status"] == COMPLETED:
+                self.gate.observe_duration(took)
+            self.pages.pop(job_id, None)
             sha = self.running.pop(job_id)
             self.outcomes[sha] = {**outcome, "job_id": job_id}
             ended[job_id] = outcome["status"]
         if ended:
             await asyncio.to_thread(warehouse.mark_jobs_finished_remotely, self.engine, ended)
             self.gate.notify_freed()
+        self._log_progress(bool(ended))
+        return bool(ended)
+
+    def _log_progress(self, changed: bool) -> None:
+        """Progress when documents finished, else at most every ``PROGRESS_LOG_SECONDS`` (polls can be frequent)."""
+        now = time.monotonic()
+        if not changed and now - self.last_progress_log < PROGRESS_LOG_SECONDS:
+            return
+        self.last_progress_log = now
+        running_pages = [self.pages.get(job_id, (0, 0)) for job_id in self.running]
         self.t.log.info(
             "LeapOCR: %d/%d documents finished, %d queued; running jobs at %d/%d pages",
             len(self.outcomes),
             len(self.outcomes) + len(self.running) + len(self.queued),
             len(self.queued),
-            done_pages,
-            total_pages,
+            sum(done for done, _ in running_pages),
+            sum(total for _, total in running_pages),
         )
-        return bool(ended)
 
     async def _check(self, job_id: str) -> tuple[dict[str, Any] | None, tuple[int, int]]:
         """One job's outcome, or ``None`` and its page progress while it still runs (or the API is busy)."""
