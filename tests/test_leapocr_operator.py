@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from conftest import REPO
@@ -240,3 +241,90 @@ def test_trigger_recreated_mid_poll_resumes_from_the_ledger(
     assert {sha: row["job_id"] for sha, row in ledger.items()} == {
         sha: o["job_id"] for sha, o in documents.items()
     }
+
+
+def make_reservations_stale(engine: Any) -> None:
+    from invoiceflow.leapocr.triggers import STALE_RESERVATION_SECONDS
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE extraction_jobs SET reserved_at = reserved_at - ? WHERE status = 'submitting'",
+            (STALE_RESERVATION_SECONDS + 1,),
+        )
+
+
+def test_process_killed_after_starting_a_job_leaves_it_followed_not_uploaded_again(
+    engine: Any, registered: list[str], leapocr_connection: str
+) -> None:
+    """Killed between asking LeapOCR to start the job and recording it: the job id is already in the reservation."""
+    first, second = registered
+    with mock.patch.object(
+        OCRService, "process_file", autospec=True, side_effect=OCRService.process_file
+    ) as submit:
+        op = LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=[first], poll_interval=0.05)
+        with (
+            mock.patch.object(warehouse, "record_job", side_effect=RuntimeError("worker killed")),
+            pytest.raises(RuntimeError),
+        ):
+            op.execute({"run_id": "manual__test"})
+        (orphan,) = warehouse.jobs_for(engine, [first]).values()
+        assert orphan["status"] == "submitting" and orphan["job_id"], (
+            "the started job is noted before it starts"
+        )
+        make_reservations_stale(engine)
+        retried = defer(
+            LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=registered, poll_interval=0.05)
+        )
+        assert retried.trigger.queued == [first], (
+            "a reserved document is left to the trigger, not re-uploaded"
+        )
+        payload = run_trigger(retried.trigger)
+        assert submit.call_count == 2, "one upload per document: the orphan job is followed"
+    assert payload["documents"][first] == {"status": "completed", "error": None, "job_id": orphan["job_id"]}
+    assert payload["documents"][second]["status"] == "completed"
+    assert warehouse.jobs_for(engine, [first])[first]["status"] in warehouse.RECONNECTABLE_JOB_STATES
+
+
+def test_stale_reservation_without_a_started_job_is_uploaded_again(
+    engine: Any, registered: list[str], leapocr_connection: str
+) -> None:
+    """Killed before asking LeapOCR to start a job (none noted, or one LeapOCR never heard of): nothing was
+    billed, so the document is uploaded once more."""
+    never_started, unknown_to_server = registered
+    for sha in registered:
+        warehouse.reserve_submission(engine, sha, "manual__dead", "fingerprint")
+    warehouse.note_starting_job(engine, unknown_to_server, "4b1c6f0e-0000-4000-8000-000000000000")
+    make_reservations_stale(engine)
+    with mock.patch.object(
+        OCRService, "process_file", autospec=True, side_effect=OCRService.process_file
+    ) as submit:
+        deferred = defer(
+            LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=registered, poll_interval=0.05)
+        )
+        assert sorted(deferred.trigger.queued) == sorted(registered) and submit.call_count == 0
+        payload = run_trigger(deferred.trigger)
+        assert submit.call_count == 2
+    assert {o["status"] for o in payload["documents"].values()} == {"completed"}
+    assert payload["documents"][unknown_to_server]["job_id"] != "4b1c6f0e-0000-4000-8000-000000000000"
+    assert never_started in payload["documents"]
+
+
+def test_lost_answer_to_starting_a_job_is_followed_not_failed_or_uploaded_again(
+    engine: Any, registered: list[str], leapocr_connection: str
+) -> None:
+    original = OCRService.process_file
+
+    async def started_but_answer_lost(self: OCRService, *args: Any, **kwargs: Any) -> Any:
+        await original(self, *args, **kwargs)  # LeapOCR started the job...
+        raise httpx.ReadError("connection reset")  # ...and its answer never arrived
+
+    with mock.patch.object(
+        OCRService, "process_file", autospec=True, side_effect=started_but_answer_lost
+    ) as submit:
+        deferred = defer(
+            LeapOcrExtractBatchOperator(task_id="extract_batch", document_ids=registered, poll_interval=0.05)
+        )
+        assert sorted(deferred.trigger.jobs.values()) == sorted(registered)
+        payload = run_trigger(deferred.trigger)
+    assert submit.call_count == len(registered)
+    assert {o["status"] for o in payload["documents"].values()} == {"completed"}

@@ -54,6 +54,10 @@ _retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 _last_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "leapocr_last_request", default=None
 )
+#: Awaited with the job id right before the SDK asks LeapOCR to start an uploaded job (see ``submit_file``).
+_before_complete: contextvars.ContextVar[Callable[[str], Awaitable[None]] | None] = contextvars.ContextVar(
+    "leapocr_before_complete", default=None
+)
 
 
 class LeapOcrError(Exception):
@@ -94,7 +98,10 @@ class RetryPolicy:
 
 
 async def _remember_request(request: httpx.Request) -> None:
-    _last_request.set(request.url.path)
+    path = request.url.path
+    _last_request.set(path)
+    if request.method == "POST" and path.endswith("/complete") and (hook := _before_complete.get()):
+        await hook(path.rstrip("/").split("/")[-2])  # POST /ocr/uploads/{job_id}/complete
 
 
 async def _remember_retry_after(response: httpx.Response) -> None:
@@ -200,18 +207,32 @@ class LeapOcrApi:
             await self._sleep(delay)
         raise AssertionError("unreachable")
 
-    async def submit_file(self, data: bytes, file_name: str, options: ProcessOptions) -> str:
-        """Upload one document and start its job; returns the job id."""
+    async def submit_file(
+        self,
+        data: bytes,
+        file_name: str,
+        options: ProcessOptions,
+        *,
+        before_complete: Callable[[str], Awaitable[None]] | None = None,
+    ) -> str:
+        """Upload one document and start its job; returns the job id.
+
+        ``before_complete`` is awaited with the job id right before the request that starts (and bills) the job,
+        so a caller can record which job a lost answer or a killed process may have left running.
+        """
 
         async def submit() -> str:
             handle = io.BytesIO(data)
             handle.name = file_name
+            token = _before_complete.set(before_complete)
             try:
                 result = await self.client.ocr.process_file(handle, options)
             except LeapOCRError as exc:
                 if isinstance(exc, (APIError, NetworkError)):
                     raise  # classified (and retried) by call()
                 raise LeapOcrRejected(f"LeapOCR SDK refused {file_name}: {exc}") from exc
+            finally:
+                _before_complete.reset(token)
             return str(result.job_id)
 
         return await self.call(f"submit {file_name}", submit)

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,8 @@ from invoiceflow.leapocr.hooks import (
     LeapOcrSubmissionUnknown,
     LeapOcrUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 #: Event statuses. ``done``: every document reached an outcome; ``timeout``: the deadline passed first (unfinished
 #: documents are ``timeout``); ``error``: the trigger could not go on (e.g. bad credentials).
@@ -186,18 +189,39 @@ async def submit_document(
     triggers count it against the in-flight cap, and a re-created trigger waits for it instead of submitting a
     twin. Reservation, upload and record are shielded from cancellation as one unit: a triggerer shutting down
     lets it finish and record its job, and never leaves a reservation without an upload behind it.
+
+    The job id goes into the reservation right before the request that starts the job: if that request's answer
+    is lost, the job is followed instead of failing the document; if the process is killed there, whoever finds
+    the stale reservation asks LeapOCR about that job instead of uploading (and paying) again.
     """
     path, name, content_type = document
     run_id = submission.get("run_id")
+    started: list[str] = []
+
+    async def note_start(job_id: str) -> None:
+        started.append(job_id)
+        await asyncio.to_thread(warehouse.note_starting_job, engine, sha, job_id)
 
     async def upload_and_record() -> str:
         await asyncio.to_thread(warehouse.reserve_submission, engine, sha, run_id, api.fingerprint)
         try:
             data = await asyncio.to_thread(storage.read_bytes, path)
             options = process_options(submission, content_type)
-            job_id = await api.submit_file(data, leapocr_file_name(name, content_type), options)
-        except BaseException:
+            job_id = await api.submit_file(
+                data, leapocr_file_name(name, content_type), options, before_complete=note_start
+            )
+        except LeapOcrSubmissionUnknown as exc:
+            if not started:
+                await asyncio.to_thread(warehouse.release_submission, engine, sha)
+                raise
+            job_id = started[-1]
+            log.warning("LeapOCR %s: %s; following job %s instead of uploading again", sha[:12], exc, job_id)
+        except Exception:  # LeapOCR answered no, or the start of a job was never asked for
             await asyncio.to_thread(warehouse.release_submission, engine, sha)
+            raise
+        except BaseException:  # killed: a job whose start was asked for stays noted in the reservation
+            if not started:
+                await asyncio.to_thread(warehouse.release_submission, engine, sha)
             raise
         await asyncio.to_thread(warehouse.record_job, engine, sha, job_id, run_id, api.fingerprint)
         return job_id
@@ -351,11 +375,16 @@ class _BatchRun:
                 target = None
             elif row and row["status"] == "submitting":
                 stale = time.time() - (row["reserved_at"] or 0) > STALE_RESERVATION_SECONDS
-                if stale:
+                if not stale:
+                    target = "reserved"
+                elif row["job_id"]:
+                    target = await self._resolve_orphan(sha, row["job_id"])
+                else:
                     self.t.log.warning(
-                        "Reservation of %s is stale (its process died): submitting again", sha[:12]
+                        "Reservation of %s is stale (its process died before starting a job): submitting again",
+                        sha[:12],
                     )
-                target = "queued" if stale else "reserved"
+                    target = "queued"
             else:
                 target = "queued"
             in_queue, in_reserved = sha in self.queued, sha in self.reserved
@@ -369,6 +398,37 @@ class _BatchRun:
                 self.reserved.add(sha)
             changed |= (in_queue and target != "queued") or (in_reserved and target != "reserved")
         return changed
+
+    async def _resolve_orphan(self, sha: str, job_id: str) -> str | None:
+        """A dead process asked LeapOCR to start ``job_id`` and never heard back: follow that job if it exists.
+
+        Returns where the document goes: ``None`` (running: adopted), ``queued`` (the job does not exist, so
+        nothing was started or billed) or ``reserved`` (LeapOCR cannot say right now: ask again later).
+        """
+        try:
+            await self.api.job_status(job_id)
+        except LeapOcrRejected as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            await asyncio.to_thread(warehouse.release_submission, self.engine, sha)
+            self.t.log.warning("Stale upload of %s never started job %s: submitting again", sha[:12], job_id)
+            return "queued"
+        except LeapOcrUnavailable:
+            return "reserved"
+        await asyncio.to_thread(
+            warehouse.record_job,
+            self.engine,
+            sha,
+            job_id,
+            self.t.submission.get("run_id"),
+            self.api.fingerprint,
+        )
+        self.t.log.warning(
+            "Stale upload of %s had started job %s: following it, not uploading again", sha[:12], job_id
+        )
+        self.running[job_id] = sha
+        self.schedule.add(job_id)
+        return None
 
     async def _loop(self) -> tuple[str, str]:
         while True:
