@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -118,3 +119,58 @@ def test_duplicate_in_the_erp_is_linked_not_posted_again(engine: Any, sandbox: A
     counts = relay.relay_batch(engine, client, keys)
     assert counts == {"duplicate": 1, "posted": 6}
     assert len(ledger_references(ledger)) == 7
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_call_slots_are_spaced_per_scope_and_free_when_idle(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    from invoiceflow.erp import pacing
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path}/p.db"
+    engine = warehouse.engine_for(url)
+    warehouse.upgrade(engine)
+    starts = [pacing.take_call_slot(engine, "qbo:1", 1.5, now=100.0) for _ in range(3)]
+    assert starts == [100.0, 101.5, 103.0]  # a busy scope: one call per 1.5 s, whoever asks
+    assert pacing.take_call_slot(engine, "qbo:2", 1.5, now=100.0) == 100.0  # another realm has its own slots
+    assert pacing.take_call_slot(engine, "qbo:1", 1.5, now=200.0) == 200.0  # idle long enough: no wait
+
+
+def test_quickbooks_relay_paces_batch_calls_to_the_limit_instead_of_meeting_429s(
+    engine: Any, tmp_path: Path
+) -> None:
+    import time
+
+    import httpx
+
+    from invoiceflow.erp.quickbooks import PACE_MARGIN, QuickBooksConnector
+
+    limit, time_scale = 4, 60.0  # 4 batch calls per (scaled) minute = per second
+    with running_sandbox(
+        tmp_path / "erp.db", mode="quickbooks", qbo_batch_limit=limit, time_scale=time_scale
+    ) as url:
+        connectors = [
+            QuickBooksConnector(
+                url,
+                realm_id="77",
+                client_id="cid",
+                client_secret="cs",
+                refresh_token="rt-0",
+                max_batch=1,
+                throttle_wait=5.0,
+                batch_calls_per_minute=limit * time_scale,
+            )
+            for _ in range(3)
+        ]
+        keys = sorted(statuses(engine))
+        started = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:  # three relay tasks at once, one bill per batch call
+            list(
+                pool.map(lambda i: relay.relay_batch(engine, connectors[i % 3], [keys[i]]), range(len(keys)))
+            )
+        elapsed = time.monotonic() - started
+        faults = httpx.get(f"{url}/api/admin/stats", timeout=10).json()["faults"]
+    assert set(statuses(engine).values()) == {"posted"}
+    assert faults["rate_limited"] == 0, "paced calls never meet the limit"
+    calls = len(keys) + 1  # a batch call per bill, plus the one that creates the vendor
+    assert elapsed >= (calls - 1) * PACE_MARGIN / limit * 0.95  # ...because they waited for their slots

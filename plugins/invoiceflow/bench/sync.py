@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         url = start_sandbox(stack, workdir, args)
         os.environ["AIRFLOW_CONN_ERP_DEFAULT"] = json.dumps(connection(args, url))
-        primed = prime_window(args) if args.prime else None
+        primed = prime_window(args, engine) if args.prime else None
         wall, runs, counts, max_batch = relay_all(engine, slots, primed["clock_start"] if primed else None)
         ledger = fetch_ledger(url)
         stats = fetch_stats(url)
@@ -216,23 +216,29 @@ def connection(args: argparse.Namespace, url: str) -> dict[str, Any]:
         extra = {"tenant_id": "bench-tenant", "precheck_duplicates": False}
         return {"conn_type": "xero", "host": url, "login": "bench", "password": "bench", "extra": extra}
     if args.mode == "quickbooks":
-        extra = {"realm_id": "4620", "refresh_token": "bench-rt", "throttle_wait": 60.0 / args.time_scale}
+        extra = {
+            "realm_id": "4620",
+            "refresh_token": "bench-rt",
+            "throttle_wait": 60.0 / args.time_scale,
+            "batch_calls_per_minute": LIMITS["quickbooks"][0] * args.time_scale,
+        }
         return {"conn_type": "quickbooks", "host": url, "login": "bench", "password": "bench", "extra": extra}
     return {"conn_type": "http", "host": url}
 
 
-def prime_window(args: argparse.Namespace) -> dict[str, Any] | None:
+def prime_window(args: argparse.Namespace, engine: Any) -> dict[str, Any] | None:
     """Fill the tenant's rolling window as a sync running at the ceiling leaves it (see the module docstring).
 
     Call j (1..limit) is sent no earlier than ``start + j x window / limit``; the returned ``clock_start`` is the
-    last slot, ``start + window``. Calls that arrive late only make the relay's limit stricter, never looser.
+    last slot, ``start + window``. Calls that arrive late only make the relay's limit stricter, never looser. A
+    paced connector (QuickBooks) takes the priming calls' slots from the warehouse pacer, as its relay would have.
     """
     if args.mode not in LIMITS:
         return None
     from airflow.sdk import BaseHook
 
     from invoiceflow import config
-    from invoiceflow.erp import relay
+    from invoiceflow.erp import pacing, relay
 
     limit = LIMITS[args.mode][0]
     window = 60.0 / args.time_scale
@@ -253,16 +259,21 @@ def prime_window(args: argparse.Namespace) -> dict[str, Any] | None:
                     "POST", f"{c._path}/batch", content=body, headers={"Content-Type": "application/json"}
                 )
 
+        pace = pacing.call_pace(c)
         start = time.perf_counter()
         remaining = None
         for j in range(1, limit + 1):
-            delay = start + j * window / limit - time.perf_counter()
+            if pace:  # a paced connector's sync leaves its slots taken too: take them like the relay does
+                delay = pacing.take_call_slot(engine, *pace) - time.time()
+            else:
+                delay = start + j * window / limit - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            last_slot = time.perf_counter()
             while (response := call()).status_code == 429:
                 time.sleep(float(response.headers.get("retry-after") or window / limit))
             remaining = response.headers.get("x-minlimit-remaining", remaining)
-    return {"clock_start": start + window, "calls": limit, "remaining": remaining}
+    return {"clock_start": last_slot if pace else start + window, "calls": limit, "remaining": remaining}
 
 
 def relay_all(

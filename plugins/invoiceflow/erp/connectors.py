@@ -17,7 +17,8 @@ quickbooks        host = API base (default ``https://quickbooks.api.intuit.com``
                   client secret; extra: ``realm_id`` (required), ``refresh_token`` (or ``access_token``),
                   ``token_url`` (default ``{host}/oauth2/v1/tokens/bearer``; real Intuit:
                   ``https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer``), ``expense_account`` ("7"),
-                  ``minor_version`` (75), ``max_batch`` (30), ``throttle_wait`` (60 s), ``lookback_days`` (30).
+                  ``minor_version`` (75), ``max_batch`` (30), ``throttle_wait`` (60 s), ``lookback_days`` (30),
+                  ``batch_calls_per_minute`` (40: the relay paces batch calls per realm; 0 = off).
 tryton            host = server URL; schema (or extra ``database``) = database; login/password = Tryton user;
                   extra: ``expense_account`` / ``tax_account`` (account codes; default: first P&L expense account),
                   ``post`` (true: validate and post; false: leave validated drafts).
@@ -109,6 +110,7 @@ def connector_from_connection(conn: Any, **overrides: Any) -> ErpConnector:
             "minor_version": _int(extra, "minor_version", 75),
             "max_batch": _int(extra, "max_batch", 30),
             "throttle_wait": float(extra.get("throttle_wait", 60.0)),
+            "batch_calls_per_minute": float(extra.get("batch_calls_per_minute", 40.0)),
             "lookback_days": _int(extra, "lookback_days", 30),
         }
         return QuickBooksConnector(

@@ -21,6 +21,7 @@ payloads, so a re-sent identical batch is replayed by the ERP, not re-run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from invoiceflow import warehouse
+from invoiceflow.erp import pacing
 from invoiceflow.erp.base import (
     BillOutcome,
     ErpAuthError,
@@ -125,6 +127,9 @@ def relay_batch(
     """
     counts: Counter[str] = Counter()
     size = max(1, int(connector.max_batch))
+    if pace := pacing.call_pace(connector):
+        slot = functools.partial(_wait_for_call_slot, engine, *pace, sleep)
+        connector.wait_for_call_slot = slot  # type: ignore[attr-defined]
     prefetch = getattr(connector, "prefetch", None)
     if callable(prefetch):
         prefetch()  # the OAuth token fetch overlaps the outbox reads and writes below
@@ -142,6 +147,14 @@ def relay_batch(
     result = {k: v for k, v in sorted(counts.items()) if v}
     log.info("ERP batch of %d: %s", len(keys), result)
     return result
+
+
+def _wait_for_call_slot(engine: Engine, scope: str, spacing: float, sleep: Callable[[float], None]) -> None:
+    """Before each rate-limited call of a paced connector: take the scope's next slot, sleep until it starts."""
+    start = _write(pacing.take_call_slot, engine, scope, spacing)
+    if (wait := start - time.time()) > 0:
+        log.debug("ERP call paced: waiting %.3fs for the next slot of %s", wait, scope)
+        sleep(wait)
 
 
 def _relay_chunk(

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -723,7 +723,26 @@ def _qbo_field(entity: dict[str, Any], field: str) -> Any:
     return value
 
 
-def qbo_query(query: str, entities: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+class LazyEntities(Mapping[str, list[dict[str, Any]]]):
+    """Entity tables loaded on first access: a vendor lookup must not decode every bill of the ledger."""
+
+    def __init__(self, loaders: dict[str, Callable[[], list[dict[str, Any]]]]) -> None:
+        self._loaders = loaders
+        self._loaded: dict[str, list[dict[str, Any]]] = {}
+
+    def __getitem__(self, name: str) -> list[dict[str, Any]]:
+        if name not in self._loaded:
+            self._loaded[name] = self._loaders[name]()
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+def qbo_query(query: str, entities: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
     m = _QUERY.match(query)
     if not m:
         raise ValueError(f"QueryParserError: cannot parse {query!r}")
@@ -839,12 +858,14 @@ def install_quickbooks(
             }
         )
 
-    def entities(realm: str) -> dict[str, list[dict[str, Any]]]:
-        vendors = [
-            {"Id": c["id"], "DisplayName": c["name"], "Active": True, "SyncToken": "0"}
-            for c in ledger.contacts(f"qbo:{realm}")
-        ]
-        return {"Bill": ledger.remote_bills("quickbooks", realm), "Vendor": vendors}
+    def entities(realm: str) -> Mapping[str, list[dict[str, Any]]]:
+        def vendors() -> list[dict[str, Any]]:
+            return [
+                {"Id": c["id"], "DisplayName": c["name"], "Active": True, "SyncToken": "0"}
+                for c in ledger.contacts(f"qbo:{realm}")
+            ]
+
+        return LazyEntities({"Bill": lambda: ledger.remote_bills("quickbooks", realm), "Vendor": vendors})
 
     def create_vendor(conn: sqlite3.Connection, realm: str, vendor: Any) -> dict[str, Any]:
         name = str((vendor or {}).get("DisplayName") or "").strip() if isinstance(vendor, dict) else ""
