@@ -104,9 +104,7 @@ async def events_of(
     with (
         mock.patch("invoiceflow.leapocr.triggers.LeapOcrHook.aget_api", mock.AsyncMock(return_value=client)),
         mock.patch("invoiceflow.leapocr.triggers._monotonic", clock),
-        mock.patch(
-            "invoiceflow.leapocr.triggers.asyncio.sleep", mock.AsyncMock(side_effect=clock.sleep)
-        ) as sleep,
+        mock.patch("invoiceflow.leapocr.triggers._sleep", mock.AsyncMock(side_effect=clock.sleep)) as sleep,
     ):
         return [event async for event in trigger.run()], sleep
 

@@ -103,8 +103,14 @@ class InflightGate:
 
 
 def _monotonic() -> float:
-    """The poll schedule's clock (a seam for tests, which replace it together with ``asyncio.sleep``)."""
+    """The poll schedule's clock (a seam for tests, which replace it together with :func:`_sleep`)."""
     return time.monotonic()
+
+
+async def _sleep(seconds: float) -> None:
+    """The trigger's waits between polls (a seam for tests: patching ``asyncio.sleep`` itself would also stop
+    every other event loop of the process, such as a test server's)."""
+    await asyncio.sleep(seconds)
 
 
 class PollSchedule:
@@ -463,7 +469,7 @@ class _BatchRun:
             if self.queued and not self.stop_reason and not self.gate.free():
                 await self.gate.wait_freed(wait)  # a slot freed by any trigger wakes us at once
             else:
-                await asyncio.sleep(wait)
+                await _sleep(wait)
 
     # ------------------------------------------------------------------------------------------ submission
 
