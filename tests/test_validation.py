@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import random
 from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import pytest
 
+from invoiceflow import validation
 from invoiceflow.validation import MESSAGES, normalise, validate
 
 
@@ -105,3 +109,81 @@ def test_normalise_never_invents_values() -> None:
     header, lines, issues = normalise({})
     assert all(value is None for value in header.values())
     assert lines == [] and issues == set()
+
+
+def _decimal_half_up(value: float, places: int) -> float:
+    """The rounding rule ``_round`` implements, spelled out (its fast path must agree everywhere)."""
+    try:
+        return float(Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    except InvalidOperation:
+        return round(value, places)
+
+
+def test_rounding_is_decimal_half_up_for_every_float() -> None:
+    rng = random.Random(5)
+    values = [
+        2.675,
+        1.005,
+        0.125,
+        2.5,
+        -2.5,
+        0.5,
+        -0.0,
+        0.0,
+        1e16,
+        1e22,
+        1e30,
+        -1e-7,
+        4384.17,
+        119.0,
+        0.1 + 0.2,
+    ]
+    values += [rng.uniform(-1e4, 1e4) for _ in range(2000)] + [
+        round(rng.uniform(-1e4, 1e4), 2) for _ in range(2000)
+    ]
+    values += [rng.randint(-(10**6), 10**6) / 1000 for _ in range(2000)]
+    for value in values:
+        for places in (0, 2, 3, 4, 6):
+            got = validation._round(value, places)
+            assert got == _decimal_half_up(value, places) and type(got) is float, (value, places)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "issue"),
+    [
+        (12, 12.0, False),
+        (12.5, 12.5, False),
+        (True, 1.0, False),
+        ("1,234.50", 1234.5, False),
+        (" 7 ", 7.0, False),
+        ("", None, False),
+        (None, None, False),
+        (float("nan"), None, True),
+        (float("inf"), None, True),
+        ("inf", None, True),
+        ("a lot", None, True),
+        (Decimal("2.50"), 2.5, False),
+    ],
+)
+def test_amounts_are_parsed_like_any_printed_number(raw: Any, expected: float | None, issue: bool) -> None:
+    issues: set[str] = set()
+    got = validation._amount(raw, issues)
+    assert got == expected and (got is None or type(got) is float)
+    assert issues == ({"invalid_amount"} if issue else set())
+
+
+def test_empty_line_item_is_dropped_but_flagged() -> None:
+    _, lines, issues = normalise({"line_items": [{}, {"description": " x ", "line_total": 1}]})
+    assert lines == [{"description": "x", "quantity": None, "unit_price": None, "line_total": 1.0}]
+    assert issues == {"line_item_without_total"}
+
+
+def test_validate_leaves_the_garbage_collector_as_it_found_it() -> None:
+    gc.disable()
+    try:
+        validate({"doc": invoice()})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    validate({"doc": invoice()})
+    assert gc.isenabled()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +153,7 @@ def test_views_answer_on_both_dialects(engine: sa.Engine) -> None:
 
 
 def test_outbox_payload_matches_erp_payload_on_both_dialects(engine: sa.Engine) -> None:
-    """PostgreSQL builds the outbox payload in SQL from staging; it must say what ``erp_payload`` says, hashed."""
-    import hashlib
-    import json
-
+    """PostgreSQL ``COPY``s the outbox rows; the payload must say what ``erp_payload`` says, hashed."""
     invoices = {"p1": merged("P-1", 119.0), "p2": merged("P-2", 23.8)}
     invoices["p1"]["line_items"] = [
         {"description": "x", "quantity": 1, "unit_price": 90.0, "line_total": 90.0},
@@ -172,3 +174,170 @@ def test_outbox_payload_matches_erp_payload_on_both_dialects(engine: sa.Engine) 
     # a reload replaces line items and issues, never queues twice
     assert warehouse.load_batch(engine, "p2", validated)["outbox"] == 0
     assert rows(engine, "SELECT COUNT(*) AS n FROM invoice_line_items")[0]["n"] == 3
+
+
+# --------------------------------------------------------------------------------------------------- load paths
+
+
+def mixed_batch() -> dict[str, dict[str, Any]]:
+    """Approved, needs review, a hard duplicate inside the batch, a credit note, several and odd line items."""
+    shas = [hashlib.sha256(f"mixed-{i}".encode()).hexdigest() for i in range(6)]
+    batch = {
+        shas[0]: merged("M-1", 119.0),
+        shas[1]: merged("M-2", 50.0),
+        shas[2]: merged(" m - 1 ", 119.0),  # same vendor and number as M-1: blocked
+        shas[3]: merged("CN-7", -23.8),
+        shas[4]: merged("M-4", 125.0),  # totals do not add up: needs review
+        shas[5]: merged("M-5", 23.8),
+    }
+    batch[shas[4]]["subtotal"] = 99.0
+    batch[shas[5]]["line_items"] = [
+        {"description": 'Ümlaut "quoted"\t\\ €', "quantity": 2.5, "unit_price": 4.0, "line_total": 10.0},
+        {"description": "second", "quantity": 1, "unit_price": 10.0, "line_total": 10.0},
+        {"description": None, "quantity": None, "unit_price": None, "line_total": None},
+    ]
+    return batch
+
+
+def _plain(value: Any) -> Any:
+    """One column value comparable across dialects (NUMERIC comes back as Decimal on PostgreSQL, text on SQLite)."""
+    if isinstance(value, Decimal | float | int) and not isinstance(value, bool):
+        return round(float(value), 6)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def snapshot(engine: sa.Engine) -> dict[str, list[dict[str, Any]]]:
+    """Everything a load writes, without the load timestamps."""
+    queries = {
+        "invoices": "SELECT * FROM invoices ORDER BY document_sha256",
+        "lines": "SELECT * FROM invoice_line_items ORDER BY document_sha256, line_number",
+        "issues": "SELECT document_sha256, code, message, severity FROM validation_issues ORDER BY 1, 2",
+        "outbox": "SELECT idempotency_key, document_sha256, payload, payload_hash, status FROM erp_outbox ORDER BY 1",
+        "documents": "SELECT sha256, status, status_reason FROM documents ORDER BY sha256",
+    }
+    out = {}
+    for name, sql in queries.items():
+        out[name] = [
+            {k: _plain(v) for k, v in row.items() if k not in {"loaded_at", "updated_at"}}
+            for row in rows(engine, sql)
+        ]
+    return out
+
+
+def test_reload_is_a_no_op(engine: sa.Engine) -> None:
+    batch = mixed_batch()
+    register(engine, *batch)
+    validated = validation.validate(batch, engine=engine)
+    first = warehouse.load_batch(engine, "m", validated)
+    # the empty line item is dropped and flags its invoice (line_item_without_total)
+    assert first == {"invoices": 6, "line_items": 7, "needs_review": 2, "blocked": 1, "outbox": 3}
+    before = snapshot(engine)
+    again = warehouse.load_batch(engine, "m", validated)
+    assert again == {**first, "outbox": 0}
+    assert snapshot(engine) == before
+    assert len(before["outbox"]) == 3 and len(before["lines"]) == 7
+
+
+def test_postgres_first_load_writes_what_the_sqlite_merge_writes(postgres_url: str, tmp_path: Path) -> None:
+    """The COPY-straight-into-core path (PostgreSQL) and the staging + merge path (SQLite): identical rows."""
+    batch = mixed_batch()
+    snapshots = []
+    for url in (postgres_url, f"sqlite:///{tmp_path / 'merge.db'}"):
+        engine = warehouse.engine_for(url)
+        warehouse.upgrade(engine)
+        load(engine, "m", batch)
+        snapshots.append(snapshot(engine))
+    assert snapshots[0] == snapshots[1]
+
+
+def test_postgres_copy_path_and_merge_path_write_the_same_rows(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL itself: the same first load through staging and the ON CONFLICT merges (forced), then again
+    straight into the core tables after emptying them."""
+    engine = warehouse.engine_for(postgres_url)
+    warehouse.upgrade(engine)
+    batch = mixed_batch()
+    register(engine, *batch)
+    validated = validation.validate(batch, engine=engine)
+    guard = warehouse._guard_postgres
+    with monkeypatch.context() as patch:
+        patch.setattr(warehouse, "_copy_new_invoices", lambda conn, invoices: False)
+        patch.setattr(warehouse, "_guard_postgres", lambda conn, invoices: (guard(conn, invoices)[0], True))
+        merged_counts = warehouse.load_batch(engine, "m", validated)
+    via_merge = snapshot(engine)
+    with engine.begin() as conn:
+        for table in ("erp_outbox", "validation_issues", "invoice_line_items", "invoices"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+        conn.exec_driver_sql("UPDATE documents SET status = 'extracted'")
+    copied_counts = warehouse.load_batch(engine, "m", validated)
+    assert copied_counts == merged_counts
+    assert snapshot(engine) == via_merge
+
+
+def test_new_batch_with_an_already_loaded_document_is_merged(engine: sa.Engine) -> None:
+    a, b = "a" * 64, "b" * 64
+    load(engine, "1", {a: merged("INV-1")})
+    counts = load(engine, "2", {a: merged("INV-1"), b: merged("INV-2", 30.0)})
+    assert counts == {"invoices": 2, "line_items": 2, "needs_review": 0, "blocked": 0, "outbox": 1}
+    assert [r["document_sha256"] for r in rows(engine, "SELECT * FROM invoices ORDER BY 1")] == [a, b]
+    assert len(rows(engine, "SELECT * FROM erp_outbox")) == 2
+
+
+def test_invoice_already_queued_under_its_key_is_not_queued_again(engine: sa.Engine) -> None:
+    """An ERP key already in the outbox without a live duplicate: the first document was loaded before its vendor was
+    in the master data (vendor key by name), the second matches the vendor (vendor key by id). The load keeps the
+    queued row, as ``ON CONFLICT DO NOTHING`` did, and loads the invoice."""
+    a, b = "a" * 64, "b" * 64
+    load(engine, "1", {a: merged("INV-9")})
+    vid = vendors.upsert_vendor(engine, "ACME GmbH")
+    counts = load(engine, "2", {b: merged("INV-9", 30.0)})
+    assert counts == {"invoices": 1, "line_items": 1, "needs_review": 0, "blocked": 0, "outbox": 0}
+    keys = {r["document_sha256"]: r["vendor_key"] for r in rows(engine, "SELECT * FROM invoices")}
+    assert keys == {a: "n:acme gmbh", b: f"v:{vid}"}
+    assert [r["document_sha256"] for r in rows(engine, "SELECT * FROM erp_outbox")] == [a]
+    assert warehouse.document_statuses(engine, [b]) == {b: "loaded"}
+
+
+def test_invoice_a_person_reviewed_is_left_alone_when_its_batch_is_loaded_again(engine: sa.Engine) -> None:
+    a, b = "a" * 64, "b" * 64
+    load(engine, "1", {a: merged("INV-1", 50.0)})
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE invoices SET review_status = 'approved', reviewed_by = 'ann', reviewed_at = CURRENT_TIMESTAMP"
+        )
+    counts = load(engine, "2", {a: merged("INV-1", 60.0), b: merged("INV-2")})
+    assert counts["invoices"] == 1 and counts["outbox"] == 1
+    got = {r["document_sha256"]: r for r in rows(engine, "SELECT * FROM invoices")}
+    assert float(got[a]["total_amount"]) == 50.0 and got[a]["review_status"] == "approved"
+    assert got[b]["review_status"] == "auto_approved"
+
+
+def test_outbox_payload_text_is_the_sorted_json_of_erp_payload() -> None:
+    """The shared encoder writes exactly what ``json.dumps(..., sort_keys=True, default=str)`` wrote."""
+    inv = warehouse.ValidatedInvoice(
+        "s" * 64,
+        {
+            "invoice_number": "N-1",
+            "vendor_name": "Ümlaut AG",
+            "invoice_date": date(2026, 3, 1),
+            "total_amount": 1.5,
+        },
+        [{"description": 'a "b"', "quantity": Decimal("2.50"), "line_total": float("nan")}, {}],
+    )
+    row = warehouse._outbox_row(inv)
+    assert row["payload"] == json.dumps(warehouse.erp_payload(inv), sort_keys=True, default=str)
+    assert row["hash"] == hashlib.sha256(row["payload"].encode()).hexdigest()
+
+
+def test_load_leaves_the_garbage_collector_as_it_found_it(engine: sa.Engine) -> None:
+    gc.disable()
+    try:
+        load(engine, "1", {"a" * 64: merged("INV-1")})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    load(engine, "2", {"b" * 64: merged("INV-2")})
+    assert gc.isenabled()
