@@ -88,3 +88,30 @@ def test_extract_cli_writes_one_json_per_input(tmp_path: Path) -> None:
     assert main(["extract", str(src), "--out", str(tmp_path / "out")]) == 0
     got = json.loads((tmp_path / "out" / "bill.json").read_text())
     assert got["invoice_number"] == truth["invoice_number"] and got["total_amount"] == truth["total_amount"]
+
+
+def test_parallel_eval_scores_like_a_sequential_one(tmp_path: Path) -> None:
+    """Documents are extracted ``jobs`` at a time; scores and their order do not depend on it."""
+    from invoiceflow.evaluation import evaluate_directory
+
+    for seed, layout, lang in [
+        (1, "classic", "en"),
+        (2, "modern", "de"),
+        (3, "compact", "fr"),
+        (4, "classic", "de"),
+    ]:
+        data, truth = generate_invoice(seed, layout, lang)
+        truth["invoice_number"] = (
+            truth["invoice_number"] if seed != 3 else "WRONG-1"
+        )  # one miss, to see it kept
+        (tmp_path / f"{seed}-{layout}-{lang}.pdf").write_bytes(data)
+        (tmp_path / f"{seed}-{layout}-{lang}.json").write_text(json.dumps(truth))
+    sequential = evaluate_directory(tmp_path, use_einvoice=False, jobs=1)
+    parallel = evaluate_directory(tmp_path, use_einvoice=False, jobs=2)
+    assert [s.name for s in parallel.scores] == sorted(s.name for s in parallel.scores)
+    assert [(s.name, s.fields, s.lines_matched) for s in parallel.scores] == [
+        (s.name, s.fields, s.lines_matched) for s in sequential.scores
+    ]
+    assert parallel.pages == sequential.pages == 4
+    assert parallel.summary.per_field["invoice_number"] == (3, 4)
+    assert parallel.seconds > 0

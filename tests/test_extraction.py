@@ -190,7 +190,17 @@ def test_blank_image_only_pdf_gives_none_source() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1,234.56", 1234.56), ("1.234,56 €", 1234.56), ("$99.00", 99.0), ("EUR -7,67", -7.67), ("12", 12.0)],
+    [
+        ("1,234.56", 1234.56),
+        ("1.234,56 €", 1234.56),
+        ("$99.00", 99.0),
+        ("EUR -7,67", -7.67),
+        ("12", 12.0),
+        # OCR took the decimal comma for a dot (or the other way round): thousands groups, then two decimals
+        ("6.668.85", 6668.85),
+        ("1,234,56 EUR", 1234.56),
+        ("-1.234.567.89", -1234567.89),
+    ],
 )
 def test_parse_amount(text: str, value: float) -> None:
     assert parse_amount(text) == value
@@ -337,3 +347,36 @@ def test_header_with_trailing_dot_on_amount_title_reads_the_amount_column() -> N
     items, _carried = extract_line_items(page)
     got = [(i["description"], i["quantity"], i["unit_price"], i["line_total"]) for i in items]
     assert got == [("Beratung", 2.0, 150.0, 300.0), ("Reisekosten", 1.0, 80.5, 80.5)]
+
+
+def test_totals_under_column_titles_with_an_ocr_misread_title() -> None:
+    """Totals printed under separate column titles; OCR read one title's "%" as "8" ("MwSt-8").
+
+    A title line is one without amounts, not one without digits, so the totals are still read from the
+    sum row under "Nettobetrag | MwSt-Betrag | Endbetrag".
+    """
+    titles = [(50.0, "Warenwert"), (170.0, "Nettobetrag"), (260.0, "MwSt-Betrag"), (340.0, "MwSt-8"),
+              (420.0, "Endbetrag")]  # fmt: skip
+    rows = [
+        [(55.0, "326,50"), (175.0, "321,40"), (265.0, "61,07"), (345.0, "19,0"), (425.0, "382,47")],
+        [(55.0, "130,70"), (175.0, "127,59"), (265.0, "8,93"), (345.0, "7,0"), (425.0, "136,52")],
+        [(55.0, "457,20"), (175.0, "448,99"), (265.0, "70,00"), (345.0, "EUR"), (425.0, "518,99")],
+    ]
+    header = _header_page(titles, rows)
+    assert (header.get("subtotal"), header.get("tax_amount"), header.get("total_amount")) == (
+        448.99,
+        70.0,
+        518.99,
+    )
+
+
+def _header_page(titles: list[tuple[float, str]], rows: list[list[tuple[float, str]]]) -> dict[str, Any]:
+    """Header values of a page with an address line, a line of column titles and rows of amounts."""
+    page = _page([(50.0, "Muster GmbH, Musterweg 5, 12345 Musterstadt")], titles, *rows)
+    per_page, _conf = extract_header_document([page])
+    return per_page[0]
+
+
+@pytest.mark.parametrize("text", ["05.09.2018", "12.34.56", "1.2.3", "1.234.5678"])
+def test_dotted_groups_that_are_not_an_amount_stay_unparsed(text: str) -> None:
+    assert parse_amount(text) is None

@@ -1,4 +1,8 @@
-"""Offline invoice extraction: exact e-invoice XML first, then the PDF text layer, then OCR (rapidocr).
+"""Offline invoice extraction: exact e-invoice XML first, then the PDF text layer, then OCR.
+
+OCR is rapidocr by default; ``INVOICEFLOW_OCR_BACKEND=tesseract`` uses Tesseract instead (Debian packages
+``tesseract-ocr`` plus language packs; one language per document).  A backend that is unknown or not installed
+raises (OcrBackendError, TesseractUnavailable) instead of quietly returning empty documents.
 
 Public API (used by the DAGs and the API service)::
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from typing import Any
 
 from .einvoice import embedded_xml, parse_einvoice_xml
@@ -23,15 +28,19 @@ from .model import (
     shape_result,
 )
 from .sniff import detect_type
+from .tesseract import TesseractUnavailable
 from .textlayer import MIN_WORDS_FOR_TEXT_LAYER, PageText, read_pdf_text
 
 __all__ = [
     "ExtractionResult",
+    "OcrBackendError",
     "PageExtraction",
+    "TesseractUnavailable",
     "UnsupportedDocument",
     "default_schema",
     "detect_type",
     "extract_pages",
+    "ocr_backend",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,12 +72,39 @@ def _einvoice_result(
     return ExtractionResult(pages=[first, *rest], source=source)
 
 
+OCR_BACKENDS = ("rapidocr", "tesseract")
+
+
+class OcrBackendError(ValueError):
+    """``INVOICEFLOW_OCR_BACKEND`` names no known OCR backend."""
+
+
+_CONFIGURATION_ERRORS = (OcrBackendError, TesseractUnavailable)
+
+
+def ocr_backend() -> str:
+    """The OCR engine for scans: ``INVOICEFLOW_OCR_BACKEND`` = rapidocr (default) or tesseract."""
+    name = (os.environ.get("INVOICEFLOW_OCR_BACKEND") or "rapidocr").strip().lower()
+    if name not in OCR_BACKENDS:
+        raise OcrBackendError(f"INVOICEFLOW_OCR_BACKEND={name!r}: use one of {', '.join(OCR_BACKENDS)}")
+    return name
+
+
+def _ocr_pages(images: list[Any]) -> list[PageText]:
+    """OCR a document's page images with the configured backend (Tesseract picks one language per document)."""
+    if ocr_backend() == "tesseract":
+        from .tesseract import ocr_images as tesseract_pages
+
+        return tesseract_pages(images)
+    from .ocr import ocr_images
+
+    return ocr_images(images)
+
+
 def _read_pages(data: bytes, kind: str) -> tuple[list[PageText], str]:
     """Positioned words per page: the PDF text layer, OCR for images and for pages with too little text."""
     if kind != "pdf":
-        from .ocr import ocr_images
-
-        return ocr_images(_image_frames(data)), "ocr"
+        return _ocr_pages(_image_frames(data)), "ocr"
     texts = read_pdf_text(data)
     thin = [
         i
@@ -77,15 +113,13 @@ def _read_pages(data: bytes, kind: str) -> tuple[list[PageText], str]:
     ]
     if not thin:
         return texts, "text-layer"
-    from .ocr import OCR_DPI, ocr_image
+    from .ocr import OCR_DPI
     from .pdf import render_pages
 
-    for index, image in zip(thin, render_pages(data, dpi=OCR_DPI, pages=thin), strict=True):
-        try:
-            scanned = ocr_image(image, index + 1)
-        except Exception as exc:  # OCR trouble must degrade to the (thin) text layer
-            log.warning("OCR failed on page %d: %s", index + 1, exc)
-            continue
+    # the pages are read side by side; a page that fails comes back empty, keeping the thin text layer
+    scans = _ocr_pages(render_pages(data, dpi=OCR_DPI, pages=thin))
+    for index, scanned in zip(thin, scans, strict=True):
+        scanned.page_number = index + 1
         if scanned.word_count > texts[index].word_count:
             texts[index] = scanned
     if len(thin) == len(texts):
@@ -96,6 +130,8 @@ def _read_pages(data: bytes, kind: str) -> tuple[list[PageText], str]:
 def _visual_result(data: bytes, kind: str, schema: dict[str, Any] | None) -> ExtractionResult:
     try:
         texts, source = _read_pages(data, kind)
+    except _CONFIGURATION_ERRORS:  # a wrong or uninstalled OCR backend is the operator's to fix, loudly
+        raise
     except Exception as exc:  # detect_type vetted the file; still never crash on odd files
         log.warning("document unreadable: %s", exc)
         return ExtractionResult(pages=_blank_pages(1, schema), source="none")

@@ -391,7 +391,7 @@ def _summary_table(lines: list[Line], index: int) -> list[tuple[str, float, floa
         hit = match_label(seg.text)
         if hit is not None and hit[0] in TOTAL_LABEL_FIELDS and not hit[2]:
             titled.append((hit[0], seg))
-    if len({fld for fld, _ in titled}) < 2 or any(ch.isdigit() for ch in line.text):
+    if len({fld for fld, _ in titled}) < 2 or _MONEY_RE.search(line.text):  # titles, not a row of amounts
         return []
     out: list[tuple[str, float, float]] = []
     for row_no, row in enumerate(lines[index + 1 : index + 8]):

@@ -7,7 +7,8 @@ Needs the Debian packages ``tesseract-ocr`` and one language pack per language y
 Tesseract reads best with the one right language: a blanket ``eng+fra+deu`` confuses diacritics ("Müller" read as
 "Môller"). So the language is chosen per document: a quick English pass over the top third of the first page at half
 resolution, then the language whose invoice words it saw most (``INVOICEFLOW_TESSERACT_LANG`` overrides it).
-Words come from ``image_to_data`` with their boxes, scaled to PDF points like every other word source.
+Words come from ``image_to_data`` with their boxes, levelled on tilted scans, given their line's height and
+cleared of low-confidence specks (``_level_words``), and scaled to PDF points like every other word source.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .textlayer import PageText, Word, group_lines
 log = logging.getLogger(__name__)
 
 _A4_WIDTH_PT = 595.0
+_MIN_SHORT_CONF = 50.0  # a word of one or two characters read with less confidence is scanner noise
+_FONT_BOX = 1.3  # a text layer's word box (the font's ascent to descent) over Tesseract's glyph box
 #: Words that give an invoice's language away, per Tesseract language code. Stems of five letters or more also
 #: count inside longer words ("rechnung" in "Handelsrechnung"); shorter words count only as whole lower-case words,
 #: so a country code such as "DE" is not taken for Spanish "de".
@@ -134,16 +137,64 @@ def ocr_image(image: Any, page_number: int = 1, language: str | None = None) -> 
     language = language or choose_language(image)
     data = pytesseract.image_to_data(image, lang=language, output_type=pytesseract.Output.DICT)
     scale = _A4_WIDTH_PT / max(image.width, 1)
-    words = []
-    for text, conf, left, top, width, height in zip(
-        data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"], strict=True
-    ):
-        if not str(text).strip() or float(conf) < 0:
-            continue
-        words.append(
-            Word(str(text).strip(), left * scale, (left + width) * scale, top * scale, (top + height) * scale)
-        )
+    words = [
+        Word(text, max(0.0, x0) * scale, min(float(image.width), x1) * scale, top * scale, bottom * scale)
+        for text, x0, x1, top, bottom in _level_words(data, image.width / 2, image.height / 2)
+    ]
     return PageText(page_number, image.width * scale, image.height * scale, group_lines(words))
+
+
+def _level_words(
+    data: dict[str, list[Any]], cx: float, cy: float
+) -> list[tuple[str, float, float, float, float]]:
+    """Tesseract's words as a text layer would give them: (text, x0, x1, top, bottom) in image pixels.
+
+    * A scan tilted by a degree moves the right end of an A4 line by more than a line height, so a label and
+      its amount at the far right would land on different lines: the tilt is the median slope of Tesseract's
+      own lines, and word positions are turned back by it.
+    * Tesseract's word boxes hug the glyphs ("von" is x-height only, "Müller" reaches up to the umlaut): every
+      word of a Tesseract line gets the line's height (times ``_FONT_BOX``) and centre, like a text layer's
+      font-sized boxes, so the gap between two words is judged as on a text layer.
+    """
+    import math
+    import statistics
+
+    lines: dict[tuple[int, int, int], list[tuple[str, float, float, float, float]]] = {}
+    for text, conf, left, top, width, height, block, par, line in zip(
+        data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"],
+        data["block_num"], data["par_num"], data["line_num"], strict=True,
+    ):  # fmt: skip
+        text = str(text).strip()
+        if not text or float(conf) < 0 or (len(text) <= 2 and float(conf) < _MIN_SHORT_CONF):
+            continue  # nothing read, or a speck or table rule read as a letter or two
+        lines.setdefault((block, par, line), []).append(
+            (text, float(left), float(left + width), float(top), float(top + height))
+        )
+    slopes = []
+    for words in lines.values():
+        xs = [(w[1] + w[2]) / 2 for w in words]
+        if len(words) >= 3 and max(xs) - min(xs) > 8 * max(w[4] - w[3] for w in words):
+            ys = [(w[3] + w[4]) / 2 for w in words]
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            slopes.append(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var)
+    angle = math.atan(statistics.median(slopes)) if slopes else 0.0
+    if abs(angle) > 0.2:  # not a scan tilt: no guessing
+        angle = 0.0
+    cos, sin = math.cos(angle), math.sin(angle)
+    heights = [w[4] - w[3] for words in lines.values() for w in words]
+    page_height = statistics.median(heights) if heights else 0.0
+    out: list[tuple[str, float, float, float, float]] = []
+    for words in lines.values():
+        turned = []
+        for text, x0, x1, top, bottom in words:
+            x, y = (x0 + x1) / 2 - cx, (top + bottom) / 2 - cy
+            xc, yc = cx + x * cos + y * sin, cy - x * sin + y * cos
+            turned.append((text, xc - (x1 - x0) / 2, xc + (x1 - x0) / 2, yc))
+        height = _FONT_BOX * max(statistics.median(w[4] - w[3] for w in words), 0.6 * page_height)
+        mid = statistics.median(t[3] for t in turned)
+        out.extend((text, x0, x1, mid - height / 2, mid + height / 2) for text, x0, x1, _yc in turned)
+    return out
 
 
 def ocr_images(images: list[Any]) -> list[PageText]:

@@ -57,6 +57,20 @@ def parse_number(text: str) -> float | None:
     elif last_dot >= 0 or last_comma >= 0:
         sep = "." if last_dot >= 0 else ","
         parts = s.split(sep)
+        if (
+            len(parts) > 2
+            and len(parts[-1]) == 2
+            and len(parts[0]) <= 3
+            and all(len(p) == 3 for p in parts[1:-1])
+        ):
+            # "6.668.85": thousands groups, then two decimals; OCR took the decimal comma for a dot (or the
+            # other way round), the digits are still right.
+            digits = "".join(parts[:-1]) + "." + parts[-1]
+            try:
+                value = float(digits)
+            except ValueError:
+                return None
+            return -value if negative else value
         # A single separator followed by exactly three digits is a thousands separator ("1.234", "12,500").
         if len(parts) > 2 or (len(parts[-1]) == 3 and len(parts[0]) <= 3 and parts[0] != "0"):
             if not all(len(p) == 3 for p in parts[1:]):
