@@ -247,7 +247,7 @@ async def test_busy_api_is_polled_again_and_a_vanished_job_fails() -> None:
                 LeapOcrUnavailable("status of job-1 failed after 6 attempts"),
                 status("job-1", "completed"),
             ],
-            "job-2": [LeapOcrRejected("status of job-2 refused (HTTP 404): job not found")],
+            "job-2": [LeapOcrRejected("status of job-2 refused (HTTP 404): job not found", 404)],
         }
     )
     events, _ = await events_of(make_trigger(), client)

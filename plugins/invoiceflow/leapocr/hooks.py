@@ -75,6 +75,15 @@ class LeapOcrCreditsExhausted(LeapOcrError):
 class LeapOcrRejected(LeapOcrError):
     """Another 4xx: the API refused this document or request; fails only that document."""
 
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def not_found(self) -> bool:
+        """HTTP 404: the job does not exist (never started, deleted, or another key's)."""
+        return self.status_code == 404
+
 
 class LeapOcrUnavailable(LeapOcrError):
     """429, 5xx or transport errors persisted through every retry."""
@@ -186,7 +195,7 @@ class LeapOcrApi:
                         f"LeapOCR account is out of credits (HTTP 402): {exc}"
                     ) from exc
                 if status != 429 and status < 500:
-                    raise LeapOcrRejected(f"{what} refused (HTTP {status}): {exc}") from exc
+                    raise LeapOcrRejected(f"{what} refused (HTTP {status}): {exc}", status) from exc
                 failure: Exception = exc
             except (httpx.TimeoutException, httpx.TransportError, NetworkError) as exc:
                 # NetworkError: the SDK's storage upload of a part failed (before any job could start).
@@ -265,7 +274,7 @@ class LeapOcrApi:
         try:
             await self.call(f"delete {job_id}", lambda: self.client.ocr.delete_job(job_id))
         except LeapOcrRejected as exc:
-            if isinstance(exc.__cause__, APIError) and exc.__cause__.status_code == 404:
+            if exc.not_found:
                 return True
             raise
         return True

@@ -347,9 +347,8 @@ class _BatchRun:
         for job_id in self.running:
             self.schedule.add(job_id)
         self.last_progress_log = 0.0
-        self.pages: dict[
-            str, tuple[int, int]
-        ] = {}  # (processed, total) of running jobs, from their last poll
+        #: (processed, total) pages of each running job, from its last poll
+        self.pages: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> tuple[str, str]:
         self.engine = await warehouse.aget_engine(self.t.warehouse_conn_id)
@@ -363,7 +362,7 @@ class _BatchRun:
             if self.inflight:  # cancelled mid-upload: let the uploads finish and record their jobs first
                 await asyncio.gather(*self.inflight, return_exceptions=True)
 
-    async def _adopt_jobs_from_ledger(self) -> bool:
+    async def _adopt_jobs_from_ledger(self) -> None:
         """Jobs another instance submitted are in the ledger: poll them, never resubmit.
 
         A document reserved by an upload still under way elsewhere waits (it is neither queued nor running) until
@@ -371,7 +370,6 @@ class _BatchRun:
         """
         candidates = self.queued + sorted(self.reserved)
         ledger = await asyncio.to_thread(warehouse.jobs_for, self.engine, candidates)
-        changed = False
         for sha in candidates:
             row = ledger.get(sha)
             if row and row["status"] in warehouse.RECONNECTABLE_JOB_STATES:
@@ -402,8 +400,6 @@ class _BatchRun:
                 self.queued.append(sha)
             if target == "reserved":
                 self.reserved.add(sha)
-            changed |= (in_queue and target != "queued") or (in_reserved and target != "reserved")
-        return changed
 
     async def _resolve_orphan(self, sha: str, job_id: str) -> str | None:
         """A dead process asked LeapOCR to start ``job_id`` and never heard back: follow that job if it exists.
@@ -414,7 +410,7 @@ class _BatchRun:
         try:
             await self.api.job_status(job_id)
         except LeapOcrRejected as exc:
-            if "HTTP 404" not in str(exc):
+            if not exc.not_found:
                 raise
             await asyncio.to_thread(warehouse.release_submission, self.engine, sha)
             self.t.log.warning("Stale upload of %s never started job %s: submitting again", sha[:12], job_id)
@@ -473,9 +469,9 @@ class _BatchRun:
 
     # ------------------------------------------------------------------------------------------ submission
 
-    async def _submit_queued(self) -> bool:
+    async def _submit_queued(self) -> None:
         if not self.queued or self.stop_reason:
-            return False
+            return
         # The ledger counts jobs of every process (tasks still deferring, other triggerers); the gate counts
         # submissions under way in this one.
         elsewhere = await asyncio.to_thread(warehouse.jobs_in_flight, self.engine, self.api.fingerprint)
@@ -483,7 +479,7 @@ class _BatchRun:
         if slots and self.t.submission.get("credit_budget") is not None:
             slots = min(slots, await self._budget_left())
         if slots <= 0:
-            return False
+            return
         batch, self.queued = self.queued[:slots], self.queued[slots:]
         self.submitting = len(batch)
         try:
@@ -515,7 +511,6 @@ class _BatchRun:
             else:
                 self.running[result] = sha
                 self.schedule.add(result, expected=self.gate.expected_duration(), submitted=True)
-        return True
 
     async def _budget_left(self) -> int:
         """Documents we may still submit under the run's credit budget (each costs at least one credit)."""
@@ -531,11 +526,11 @@ class _BatchRun:
 
     # ------------------------------------------------------------------------------------------ polling
 
-    async def _poll(self) -> bool:
-        """Poll the jobs that are due; returns whether any finished."""
+    async def _poll(self) -> None:
+        """Poll the jobs that are due."""
         jobs = self.schedule.due()
         if not jobs:
-            return False
+            return
         checks = await asyncio.gather(*(self._check(job_id) for job_id in jobs))
         ended: dict[str, str] = {}
         for job_id, (outcome, pages) in zip(jobs, checks, strict=True):
@@ -553,7 +548,6 @@ class _BatchRun:
             await asyncio.to_thread(warehouse.mark_jobs_finished_remotely, self.engine, ended)
             self.gate.notify_freed()
         self._log_progress(bool(ended))
-        return bool(ended)
 
     def _log_progress(self, changed: bool) -> None:
         """Progress when documents finished, else at most every ``PROGRESS_LOG_SECONDS`` (polls can be frequent)."""
@@ -576,7 +570,7 @@ class _BatchRun:
         try:
             status = await self.api.job_status(job_id)
         except LeapOcrRejected as exc:
-            if "HTTP 404" in str(exc):
+            if exc.not_found:
                 return {"status": FAILED, "error": f"job {job_id} not found on the server"}, (0, 0)
             raise
         except LeapOcrUnavailable:
