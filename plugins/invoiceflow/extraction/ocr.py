@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 _ENGINE: Any = None
 _ENGINE_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-_PAGE_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}
 _A4_WIDTH_PT = 595.0
 OCR_DPI = 200
 OCR_THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -106,12 +105,13 @@ def get_engine() -> Any:
         return _ENGINE
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
+def _pool(name: str) -> ThreadPoolExecutor:
+    """The process-wide thread pool for one kind of OCR work (``rec``: text crops, ``page``: whole pages),
+    created on first use. Pages and their crops need separate pools: a page waits for its crops."""
     with _ENGINE_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=OCR_THREADS, thread_name_prefix="ocr-rec")
-        return _POOL
+        if name not in _POOLS:
+            _POOLS[name] = ThreadPoolExecutor(max_workers=OCR_THREADS, thread_name_prefix=f"ocr-{name}")
+        return _POOLS[name]
 
 
 @dataclass
@@ -181,7 +181,7 @@ def _recognise(engine: _Engine, crops: list[Any]) -> list[_Read]:
                 results[i] = _Read(best[k, :used].copy(), prob[k, :used].copy(), space[k, :used].copy())
 
     if len(shards) > 1:
-        list(_pool().map(run, shards))
+        list(_pool("rec").map(run, shards))
     else:
         for shard in shards:
             run(shard)
@@ -444,14 +444,6 @@ def ocr_image(image: Any, page_number: int = 1) -> PageText:
     return PageText(page_number, width * scale, height * scale, group_lines(words))
 
 
-def _page_pool() -> ThreadPoolExecutor:
-    global _PAGE_POOL
-    with _ENGINE_LOCK:
-        if _PAGE_POOL is None:
-            _PAGE_POOL = ThreadPoolExecutor(max_workers=OCR_THREADS, thread_name_prefix="ocr-page")
-        return _PAGE_POOL
-
-
 def ocr_images(images: list[Any]) -> list[PageText]:
     """OCR several page images (``OCR_THREADS`` at a time); a page that fails comes back empty."""
 
@@ -464,4 +456,4 @@ def ocr_images(images: list[Any]) -> list[PageText]:
 
     if len(images) < 2:
         return [one(i) for i in range(len(images))]
-    return list(_page_pool().map(one, range(len(images))))
+    return list(_pool("page").map(one, range(len(images))))
