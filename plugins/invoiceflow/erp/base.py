@@ -26,7 +26,6 @@ import json
 import logging
 import random
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +37,8 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import httpx
+
+from invoiceflow.tls import shared_ssl_context
 
 logger = logging.getLogger("invoiceflow.erp")
 
@@ -125,12 +126,6 @@ class RetryableResponse(Exception):
 def _prefetch_pool() -> ThreadPoolExecutor:
     """Background token fetches (submitting costs far less than starting a thread per batch)."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="erp-token-prefetch")
-
-
-@functools.cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context per process: building one loads the CA bundle (~30 ms of CPU), too much per task."""
-    return httpx.create_ssl_context()
 
 
 def json_client(

@@ -29,8 +29,8 @@ from invoiceflow.erp.base import (
     check_batch,
     json_default,
     log_outcomes,
-    shared_ssl_context,
 )
+from invoiceflow.tls import shared_ssl_context
 
 SIGNATURE_HEADER = "X-Invoiceflow-Signature"
 TIMESTAMP_HEADER = "X-Invoiceflow-Timestamp"

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import hashlib
 import io
 import logging
 import random
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -39,6 +37,7 @@ from invoiceflow.leapocr.connection import (
     HOOK_NAME,
     UI_FIELD_BEHAVIOUR,
 )
+from invoiceflow.tls import shared_ssl_context
 
 #: Page size asked of the results endpoint (its maximum is 1000; 100 is the SDK default).
 RESULT_PAGE_LIMIT = 100
@@ -122,13 +121,6 @@ async def _remember_retry_after(response: httpx.Response) -> None:
         _retry_after.set(None)
 
 
-@functools.cache
-def shared_tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context, built once per process: loading the CA bundle costs tens of milliseconds of
-    CPU, and every operator run, trigger and retry builds a client."""
-    return httpx.create_ssl_context()
-
-
 def key_fingerprint(api_key: str) -> str:
     """A stable, non-secret name for an API key (for logs and the in-flight cap)."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:12]
@@ -162,7 +154,7 @@ class LeapOcrApi:
         http_client = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
-            verify=shared_tls_context(),
+            verify=shared_ssl_context(),
             headers={
                 "X-API-KEY": api_key,
                 "User-Agent": f"invoiceflow leapocr-python/{sdk_version}",
