@@ -101,6 +101,23 @@ def test_soft_duplicate_goes_to_review(engine: sa.Engine) -> None:
     assert got == {a: "auto_approved", b: "needs_review", c: "auto_approved"}
 
 
+def test_postgres_lookups_by_vendor_and_by_review_status_use_the_lean_indexes(postgres_url: str) -> None:
+    """Validation's vendor lookup and the review backlog each have an index, though only two of four remain."""
+    engine = warehouse.engine_for(postgres_url)
+    warehouse.upgrade(engine)
+    plans = {}
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        for name, sql in {
+            "vendor": "SELECT * FROM invoices WHERE vendor_key IN ('n:acme gmbh', 'v:7') "
+            "AND duplicate_of IS NULL AND review_status <> 'rejected'",
+            "backlog": "SELECT * FROM invoices WHERE review_status IN ('needs_review', 'blocked')",
+        }.items():
+            plans[name] = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+    assert "ux_invoices_vendor_number" in plans["vendor"], plans["vendor"]
+    assert "ix_invoices_review_backlog" in plans["backlog"], plans["backlog"]
+
+
 def test_reload_is_idempotent_and_credit_notes_are_a_type(engine: sa.Engine) -> None:
     a = "a" * 64
     note = merged("CN-1", -11.9)
@@ -315,8 +332,8 @@ def test_invoice_a_person_reviewed_is_left_alone_when_its_batch_is_loaded_again(
     assert got[b]["review_status"] == "auto_approved"
 
 
-def test_outbox_payload_text_is_the_sorted_json_of_erp_payload() -> None:
-    """The shared encoder writes exactly what ``json.dumps(..., sort_keys=True, default=str)`` wrote."""
+def test_outbox_payload_text_is_the_compact_sorted_json_of_erp_payload() -> None:
+    """Keys sorted, no spaces, UTF-8 as is, decimals and dates as strings; NaN (invalid JSON) becomes null."""
     inv = warehouse.ValidatedInvoice(
         "s" * 64,
         {
@@ -328,7 +345,11 @@ def test_outbox_payload_text_is_the_sorted_json_of_erp_payload() -> None:
         [{"description": 'a "b"', "quantity": Decimal("2.50"), "line_total": float("nan")}, {}],
     )
     row = warehouse._outbox_row(inv)
-    assert row["payload"] == json.dumps(warehouse.erp_payload(inv), sort_keys=True, default=str)
+    payload = warehouse.erp_payload(inv)
+    payload["line_items"][0]["line_total"] = None
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    assert row["payload"] == canonical
+    assert '"vendor_name":"Ümlaut AG"' in row["payload"] and '"quantity":"2.50"' in row["payload"]
     assert row["hash"] == hashlib.sha256(row["payload"].encode()).hexdigest()
 
 

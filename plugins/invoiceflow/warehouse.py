@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -1034,18 +1035,26 @@ _OUTBOX_INSERT = (
     "VALUES (:key, :sha, :payload, :hash, 'pending') ON CONFLICT DO NOTHING"
 )
 _OUTBOX_KEYS_ORDER = ("key", "sha", "payload", "hash")
-#: One encoder for every payload: ``json.dumps`` with arguments builds a new encoder per call (a third of its cost).
-_PAYLOAD_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """The outbox text of an ERP payload: compact JSON, keys sorted, UTF-8, decimals as strings ("12.50").
+
+    The same bytes on PostgreSQL and SQLite, and what ``json.dumps(payload, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, default=str)`` writes for finite numbers (NaN becomes ``null``: valid JSON for any ERP).
+    orjson, not ``json``: encoding was a third of the client's time in the bulk load.
+    """
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)
 
 
 def _outbox_values(inv: ValidatedInvoice) -> tuple[str, str, str, str]:
     """``(idempotency key, document hash, payload, payload hash)`` of an approved invoice."""
-    payload = _PAYLOAD_ENCODER.encode(erp_payload(inv))
+    payload = encode_payload(erp_payload(inv))
     return (
         idempotency_key(inv.header["vendor_name"], inv.header["invoice_number"]),
         inv.document_sha256,
-        payload,
-        hashlib.sha256(payload.encode()).hexdigest(),
+        payload.decode(),
+        hashlib.sha256(payload).hexdigest(),
     )
 
 
