@@ -106,3 +106,53 @@ def test_views_expose_no_payload_columns(loaded: str) -> None:
         ).fetchall()
     assert columns
     assert not [c for c in columns if c[1] in {"payload", "raw_pages", "merged_invoice", "payload_hash"}]
+
+
+def test_byte_order_migration_keeps_rows_views_and_grants(postgres_url: str, tmp_path: Path) -> None:
+    """0042 drops the views over the key columns: upgrading a loaded warehouse brings every view and grant back."""
+    engine = warehouse.engine_for(postgres_url)
+    migrations = Path(__file__).parents[1] / "sql" / "migrations"
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in migrations.glob("*.sql"):
+        if path.name < "0042":
+            (before / path.name).write_text(path.read_text())
+    warehouse.upgrade(engine, before)
+    sha = "b" * 64
+    warehouse.register_files(
+        engine, [warehouse.SeenFile("file:///inbox/b.pdf", "b.pdf", 1, None, sha, "pdf")]
+    )
+    merged = {
+        "invoice_number": "INV-7",
+        "vendor_name": "ACME",
+        "invoice_date": "2026-03-01",
+        "currency": "EUR",
+    }
+    merged |= {"subtotal": 10.0, "tax_amount": 1.9, "total_amount": 11.9, "line_items": []}
+    warehouse.load_batch(engine, "b", validation.validate({sha: merged}, engine=engine))
+
+    assert "0042_byte_order_keys.postgres.sql" in warehouse.upgrade(engine)
+    with engine.connect() as conn:
+        collations = dict(
+            conn.exec_driver_sql(
+                "SELECT table_name || '.' || column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND column_name IN ('sha256', 'document_sha256') "
+                "AND table_name IN ('documents', 'invoices', 'invoice_line_items', 'erp_outbox')"
+            ).all()
+        )
+    assert collations == dict.fromkeys(
+        [
+            "documents.sha256",
+            "invoices.document_sha256",
+            "invoice_line_items.document_sha256",
+            "erp_outbox.document_sha256",
+        ],
+        "C",
+    )
+    with analyst(postgres_url) as conn:
+        for view in VIEWS:
+            conn.execute(f"SELECT * FROM {view}").fetchall()
+        assert conn.execute("SELECT invoice_number FROM invoices_flat").fetchall() == [("INV-7",)]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT * FROM erp_outbox_attention").all() == []
+    assert warehouse.upgrade(engine) == []

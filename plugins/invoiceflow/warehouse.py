@@ -144,7 +144,7 @@ def upgrade(engine: Engine, migrations_dir: Path | None = None) -> list[str]:
             conn.execute(sa.text("INSERT INTO schema_migrations (version) VALUES (:v)"), {"v": path.name})
         log.info("Applied migration %s", path.name)
         applied.append(path.name)
-    views = _apply_views(engine, migrations_dir.parent / "views", done)
+    views = _apply_views(engine, migrations_dir.parent / "views")
     return applied + views
 
 
@@ -154,16 +154,18 @@ def _for_dialect(path: Path, dialect: str) -> bool:
     return not suffixes or suffixes[-1] == ("postgres" if dialect == "postgresql" else dialect)
 
 
-def _apply_views(engine: Engine, views_dir: Path, done: set[str]) -> list[str]:
-    """(Re)create the analyst views of ``sql/views`` when their text changed, all in one transaction."""
+def _apply_views(engine: Engine, views_dir: Path) -> list[str]:
+    """(Re)create the analyst views of ``sql/views`` when their text changed (or a migration dropped them and forgot
+    their version), all in one transaction."""
     files = [p for p in sorted(views_dir.glob("*.sql")) if _for_dialect(p, engine.dialect.name)]
     if not files:
         return []
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:16]
     version = f"views@{digest}"
-    if version in done:
-        return []
     with engine.begin() as conn:
+        applied = conn.execute(sa.text("SELECT 1 FROM schema_migrations WHERE version = :v"), {"v": version})
+        if applied.first():
+            return []
         for path in files:
             for statement in _split_sql(path.read_text(), engine.dialect.name):
                 conn.exec_driver_sql(statement)
