@@ -728,10 +728,24 @@ def _load_postgres(
     if issue_rows := _issue_rows(invoices):
         _copy(conn, "validation_issues", _ISSUE_COLUMNS, issue_rows)
     approved = [inv for inv in invoices if inv.review_status == AUTO_APPROVED]
-    first = approved[: int(len(invoices) * _PAYLOADS_DURING_STATES)]
+    # a reload finds most approved invoices queued already: encode payloads only for the others
+    to_queue = _not_yet_queued(conn, approved) if reloaded else approved
+    first = to_queue[: int(len(invoices) * _PAYLOADS_DURING_STATES)]
     encoded = _set_load_states(conn, invoices, approved, lambda: [_outbox_values(inv) for inv in first])
-    outbox = _queue_outbox(conn, approved, encoded, optimistic=not reloaded)
+    outbox = _queue_outbox(conn, to_queue, encoded, optimistic=not reloaded)
     return invoices, sum(len(inv.line_items) for inv in invoices), outbox
+
+
+def _not_yet_queued(conn: Connection, approved: list[ValidatedInvoice]) -> list[ValidatedInvoice]:
+    """The approved invoices whose document has no outbox row yet (``= ANY`` probes the unique document index)."""
+    if not approved:
+        return []
+    found = conn.exec_driver_sql(
+        "SELECT document_sha256 FROM erp_outbox WHERE document_sha256 = ANY(%(shas)b)",
+        {"shas": [inv.document_sha256 for inv in approved]},
+    )
+    queued = {sha for (sha,) in found}
+    return [inv for inv in approved if inv.document_sha256 not in queued]
 
 
 def _write_invoices(
