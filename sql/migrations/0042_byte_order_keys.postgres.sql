@@ -3,7 +3,8 @@
 -- treats only "C" and "POSIX" as byte order); in a bulk load the primary-key and duplicate-key index comparisons
 -- spent about a tenth of the server's time there. Measured on 100k invoices: 0.35-0.4 s less server time per load.
 -- Nothing users see changes: every collation involved is deterministic (equal means byte-equal) and these columns
--- hold hex hashes and normalised keys, which nobody reads in collation order.
+-- hold hex hashes and normalised keys, which nobody reads in collation order. The tables are not rewritten, but every
+-- index on these columns is rebuilt under an exclusive lock: on a large warehouse, upgrade in a quiet hour.
 --
 -- Columns used by a view cannot change collation, so the views reading them go first: erp_outbox_attention is
 -- recreated below, the analyst views (with the analyst role's grants) by the views step of this same upgrade. A view
