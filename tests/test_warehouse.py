@@ -362,3 +362,21 @@ def test_load_leaves_the_garbage_collector_as_it_found_it(engine: sa.Engine) -> 
         gc.enable()
     load(engine, "2", {"b" * 64: merged("INV-2")})
     assert gc.isenabled()
+
+
+def test_postgres_views_count_days_and_months_in_utc(postgres_url: str) -> None:
+    """credits_usage and extraction_quality group by the UTC day/month, whatever the session's TimeZone."""
+    engine = warehouse.engine_for(postgres_url)
+    warehouse.upgrade(engine)
+    sha = "d" * 64
+    register(engine, sha)
+    invoice = merged("INV-1")
+    page = {"page_number": 1, "confidence": 0.9, "result": invoice}
+    warehouse.store_extraction(
+        engine, sha, "job-1", [page], invoice, model="m", credits_used=1, total_pages=1
+    )
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE raw_extraction_results SET fetched_at = '2026-03-31 23:30:00+00'")
+        conn.exec_driver_sql("SET LOCAL TimeZone = 'Pacific/Kiritimati'")  # UTC+14: already April 1st there
+        assert conn.exec_driver_sql("SELECT day FROM credits_usage").scalar() == "2026-03-31"
+        assert conn.exec_driver_sql("SELECT month FROM extraction_quality").scalar() == "2026-03"

@@ -7,7 +7,7 @@ WITH docs AS (
         r.model,
         (SELECT AVG((p.value ->> 'confidence')::float) FROM jsonb_array_elements(r.raw_pages::jsonb) p) AS confidence,
         COALESCE(i.vendor_name, '(unread)')         AS vendor_name,
-        SUBSTR(CAST(r.fetched_at AS TEXT), 1, 7)    AS month,
+        to_char(r.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month,
         i.review_status
     FROM raw_extraction_results r
     LEFT JOIN invoices i ON i.document_sha256 = r.document_sha256
