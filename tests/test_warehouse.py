@@ -99,6 +99,9 @@ def test_soft_duplicate_goes_to_review(engine: sa.Engine) -> None:
     )
     got = {r["document_sha256"]: r["review_status"] for r in rows(engine, "SELECT * FROM invoices")}
     assert got == {a: "auto_approved", b: "needs_review", c: "auto_approved"}
+    issues = rows(engine, "SELECT document_sha256, code, detected_at FROM validation_issues")
+    assert [(i["document_sha256"], i["code"]) for i in issues] == [(b, "possible_duplicate")]
+    assert issues[0]["detected_at"] is not None
 
 
 def test_postgres_lookups_by_vendor_and_by_review_status_use_the_lean_indexes(postgres_url: str) -> None:

@@ -726,7 +726,13 @@ def _load_postgres(
         return [], 0, 0
     invoices, reloaded = _write_invoices(conn, batch_id, invoices)
     if issue_rows := _issue_rows(invoices):
-        _copy(conn, "validation_issues", _ISSUE_COLUMNS, issue_rows)
+        detected_at = _now()
+        _copy(
+            conn,
+            "validation_issues",
+            (*_ISSUE_COLUMNS, "detected_at"),
+            ((*r, detected_at) for r in issue_rows),
+        )
     approved = [inv for inv in invoices if inv.review_status == AUTO_APPROVED]
     # a reload finds most approved invoices queued already: encode payloads only for the others
     to_queue = _not_yet_queued(conn, approved) if reloaded else approved
@@ -803,8 +809,8 @@ def _load_sqlite(
     if issue_rows := _issue_rows(invoices):
         conn.execute(
             sa.text(
-                "INSERT INTO validation_issues (document_sha256, code, message, severity) "
-                "VALUES (:sha, :code, :message, :severity)"
+                "INSERT INTO validation_issues (document_sha256, code, message, severity, detected_at) "
+                "VALUES (:sha, :code, :message, :severity, CURRENT_TIMESTAMP)"
             ),
             [dict(zip(("sha", "code", "message", "severity"), r, strict=True)) for r in issue_rows],
         )
