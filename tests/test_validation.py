@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import random
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -65,6 +66,10 @@ def test_clean_invoice_is_auto_approved_and_normalised() -> None:
         ({"invoice_date": "2026-02-30"}, "invalid_date"),
         ({"currency": "euro"}, "invalid_currency"),
         ({"total_amount": "a lot"}, "invalid_amount"),
+        ({"total_amount": "1.190"}, "ambiguous_amount"),
+        ({"invoice_date": "03/01/2026"}, "ambiguous_date"),
+        ({"invoice_date": None, "due_date": None}, "missing_invoice_date"),
+        ({"currency": None}, "missing_currency"),
     ],
 )
 def test_each_rule_produces_its_issue(overrides: dict[str, Any], code: str) -> None:
@@ -187,3 +192,149 @@ def test_validate_leaves_the_garbage_collector_as_it_found_it() -> None:
         gc.enable()
     validate({"doc": invoice()})
     assert gc.isenabled()
+
+
+# --------------------------------------------------------------------------------------- printed (string) values
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1.234,56", 1234.56),
+        ("1 234,56", 1234.56),
+        ("€ 1.234,56", 1234.56),
+        ("12.50 EUR", 12.5),
+        ("-12,50", -12.5),
+        ("(12.50)", -12.5),
+        ("0,125", 0.125),
+    ],
+)
+def test_printed_amounts_are_read_in_european_and_us_formats(raw: str, expected: float) -> None:
+    issues: set[str] = set()
+    assert validation._amount(raw, issues) == expected and issues == set()
+
+
+@pytest.mark.parametrize("raw", ["1.234", "12,500", "€ 1.234", "-1,234"])
+def test_amount_with_thousands_or_decimals_unknown_is_an_issue_not_a_guess(raw: str) -> None:
+    issues: set[str] = set()
+    assert validation._amount(raw, issues) is None
+    assert issues == {"ambiguous_amount"}
+
+
+def test_invoice_with_european_amount_strings_is_read_right() -> None:
+    lines = [
+        {"description": "Paper", "quantity": "2", "unit_price": "300,00", "line_total": "600,00"},
+        {"description": "Toner", "quantity": "1", "unit_price": "400,00", "line_total": "400,00"},
+    ]
+    merged = invoice(subtotal="1.000,00", tax_amount="190,00", total_amount="€ 1.190,00", line_items=lines)
+    (result,) = validate({"doc": merged})
+    assert result.issues == []
+    assert [result.header[k] for k in ("subtotal", "tax_amount", "total_amount")] == [1000.0, 190.0, 1190.0]
+    assert [li["unit_price"] for li in result.line_items] == [300.0, 400.0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("01.03.2026", "2026-03-01"),
+        ("1 March 2026", "2026-03-01"),
+        ("March 1, 2026", "2026-03-01"),
+        ("1. März 2026", "2026-03-01"),
+        ("13/03/2026", "2026-03-13"),
+        ("03/13/2026", "2026-03-13"),
+        ("01-03-2026", "2026-03-01"),
+    ],
+)
+def test_printed_dates_become_iso(raw: str, expected: str) -> None:
+    issues: set[str] = set()
+    assert validation._iso_date(raw, issues) == expected and issues == set()
+
+
+def test_slash_date_that_reads_both_ways_is_an_issue_and_others_stay_invalid() -> None:
+    issues: set[str] = set()
+    assert validation._iso_date("03/01/2026", issues) is None and issues == {"ambiguous_date"}
+    issues.clear()
+    assert validation._iso_date("01/01/2026", issues) == "2026-01-01" and issues == set()
+    assert validation._iso_date("31.02.2026", issues) is None and issues == {"invalid_date"}
+
+
+def test_invoice_with_printed_dates_is_approved_with_iso_dates() -> None:
+    (result,) = validate({"doc": invoice(invoice_date="01.03.2026", due_date="31 March 2026")})
+    assert result.issues == []
+    assert (result.header["invoice_date"], result.header["due_date"]) == ("2026-03-01", "2026-03-31")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"), [("€", "EUR"), ("$", "USD"), ("£", "GBP"), (" € ", "EUR"), ("fr.", "CHF")]
+)
+def test_currency_symbols_become_iso_codes(raw: str, code: str) -> None:
+    (result,) = validate({"doc": invoice(currency=raw)})
+    assert result.header["currency"] == code and result.issues == []
+
+
+def test_unreadable_or_unknown_currency_stays_an_issue() -> None:
+    assert issues_of(invoice(currency="€€")) == ["invalid_currency", "missing_currency"]
+    assert issues_of(invoice(currency="XYZ")) == ["unknown_currency"]
+
+
+# --------------------------------------------------------------------------------------------- required fields
+
+
+def test_invoice_without_date_or_currency_goes_to_review() -> None:
+    (result,) = validate({"doc": invoice(invoice_date=None, due_date=None, currency=None)})
+    assert [i["code"] for i in result.issues] == ["missing_currency", "missing_invoice_date"]
+    assert result.review_status == "needs_review"
+
+
+# ------------------------------------------------------------------------------------------------ credit notes
+
+
+def _amounts(result: Any) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    header = [result.header[k] for k in ("subtotal", "tax_amount", "total_amount")]
+    lines = result.line_items
+    return (
+        header,
+        [li["quantity"] for li in lines],
+        [li["unit_price"] for li in lines],
+        [li["line_total"] for li in lines],
+    )
+
+
+@pytest.mark.parametrize("printed", ["credit_note", "credit note", "381", "CreditNote", "Credit-Note"])
+def test_positive_credit_note_is_stored_negative_and_consistent(printed: str) -> None:
+    (result,) = validate({"doc": invoice(document_type=printed)})
+    assert result.derived["document_type"] == "credit_note"
+    assert _amounts(result) == ([-100.0, -19.0, -119.0], [2.0, 1.0], [-30.0, -40.0], [-60.0, -40.0])
+    assert result.issues == [] and result.review_status == "auto_approved"
+
+
+def test_credit_note_is_negated_once_and_invoices_keep_their_sign() -> None:
+    (first,) = validate({"doc": invoice(document_type="381")})
+    again = {**first.header, "line_items": first.line_items, "document_type": "381"}
+    (second,) = validate({"doc": again})
+    assert _amounts(second) == _amounts(first) and second.issues == []
+    assert second.header["total_amount"] == -119.0
+    for printed in ("invoice", "380", None):
+        (result,) = validate({"doc": invoice(document_type=printed)})
+        assert result.derived["document_type"] == "invoice" and result.header["total_amount"] == 119.0
+
+
+def test_credit_note_without_total_takes_the_sign_of_its_subtotal_and_keeps_zero_tax_positive() -> None:
+    merged = invoice(document_type="credit_note", total_amount=None, tax_amount=0.0)
+    (result,) = validate({"doc": merged})
+    assert result.header["subtotal"] == -100.0 and result.header["total_amount"] is None
+    assert result.header["tax_amount"] == 0.0 and math.copysign(1.0, result.header["tax_amount"]) == 1.0
+    assert [i["code"] for i in result.issues] == ["missing_total_amount"]
+
+
+# ------------------------------------------------------------------------------------------------ performance
+
+
+def test_clean_values_never_reach_the_printed_value_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("a clean value went through a printed-value parser")
+
+    for name in ("parse_number", "parse_amount", "parse_date"):
+        monkeypatch.setattr(validation, name, refuse)
+    (result,) = validate({"doc": invoice(subtotal="100.00", tax_amount=Decimal("19"), currency=" EUR ")})
+    assert result.issues == []

@@ -3,6 +3,7 @@
 Validation is lazy: every problem of a document is collected as a named issue code, so a reviewer sees the whole
 list at once. A document with any issue becomes ``needs_review``; a hard duplicate (same vendor and normalised
 invoice number as a live invoice) becomes ``blocked`` and never reaches the ERP; the others are ``auto_approved``.
+Credit notes are stored with negative amounts (the spend views net them off), whatever sign the extractor reported.
 
 Settings (environment, read at call time):
 
@@ -32,6 +33,7 @@ import sqlalchemy as sa
 from pandera.typing import Series
 from sqlalchemy.engine import Engine
 
+from invoiceflow.extraction.values import CURRENCY_SYMBOLS, parse_amount, parse_date, parse_number
 from invoiceflow.vendors import VendorMaster, load_master, name_key
 from invoiceflow.warehouse import (
     BLOCKED,
@@ -49,6 +51,8 @@ MESSAGES = {
     "missing_invoice_number": "The invoice number could not be read.",
     "missing_vendor_name": "The vendor name could not be read.",
     "missing_total_amount": "The total amount could not be read.",
+    "missing_invoice_date": "The invoice date could not be read.",
+    "missing_currency": "The currency could not be read.",
     "line_items_do_not_match_subtotal": "The line totals do not add up to the subtotal.",
     "line_items_do_not_match_total": "The line totals do not add up to the total (no subtotal printed).",
     "subtotal_plus_tax_does_not_match_total": "Subtotal plus tax does not equal the total.",
@@ -57,9 +61,11 @@ MESSAGES = {
     "invoice_date_implausibly_old": "The invoice date is implausibly old.",
     "due_date_before_invoice_date": "The due date is before the invoice date.",
     "invalid_date": "A date could not be parsed as a calendar date.",
+    "ambiguous_date": "A date reads as two different days (03/01/2024: day or month first?).",
     "invalid_currency": "The currency is not a three-letter code.",
     "unknown_currency": "The currency is not in the ISO 4217 list.",
     "invalid_amount": "An amount is not a number.",
+    "ambiguous_amount": "An amount reads as two different numbers (1.234: thousands or decimals?).",
     "line_item_without_total": "A line item has no line total.",
     "unknown_vendor": "The vendor is not in the vendors master table.",
     "vendor_match_uncertain": "The vendor only resembles a master vendor: confirm the match.",
@@ -110,6 +116,14 @@ def iso_currencies() -> frozenset[str]:
 
 
 _CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+#: Printed currency symbols ("€", "fr.") by their casefolded form.
+_SYMBOL_CURRENCIES = {symbol.casefold(): code for symbol, code in CURRENCY_SYMBOLS.items()}
+#: An amount string float() reads as printed: no grouping, at most two decimals.
+_PLAIN_AMOUNT = re.compile(r"-?\d+(?:\.\d{1,2})?")
+#: One separator before exactly three digits ("1.234", "€ 12,500"): thousands or decimals, nothing tells which.
+_AMBIGUOUS_AMOUNT = re.compile(r"\D*[1-9]\d{0,2}[.,]\d{3}\D*")
+#: Printed document types of a credit note once spaces, "_" and "-" are dropped (381: EN 16931 / UNTDID 1001).
+_CREDIT_NOTE_TYPES = frozenset({"creditnote", "381"})
 
 
 def minor_units(currency: str | None) -> int:
@@ -187,9 +201,9 @@ class InvoiceHeaderSchema(pa.DataFrameModel):
     subtotal: Series[float] = pa.Field(nullable=True)
     tax_amount: Series[float] = pa.Field(nullable=True)
     line_total_sum: Series[float] = pa.Field(nullable=True)
-    invoice_date: Series[pd.Timestamp] = pa.Field(nullable=True)
+    invoice_date: Series[pd.Timestamp] = pa.Field(nullable=False)
     due_date: Series[pd.Timestamp] = pa.Field(nullable=True)
-    currency: Series[str] = pa.Field(nullable=True)
+    currency: Series[str] = pa.Field(nullable=False)
     vendor_status: Series[str] = pa.Field(nullable=False)
     vendor_vat_id: Series[str] = pa.Field(nullable=True)
     vendor_iban: Series[str] = pa.Field(nullable=True)
@@ -239,6 +253,7 @@ class InvoiceHeaderSchema(pa.DataFrameModel):
 
     @_row_check(name="unknown_currency")
     def _known_currency(cls, df: pd.DataFrame) -> Series[bool]:
+        # A missing currency is ``missing_currency`` (not nullable), not an unknown one as well.
         return df.currency.isna() | df.currency.isin(iso_currencies())
 
     @_row_check(name="unknown_vendor")
@@ -287,12 +302,38 @@ def _amount(value: Any, issues: set[str]) -> float | None:
         return float(value)
     if value is None or value == "":
         return None
+    if kind is str:
+        return _printed_amount(value, issues)
     try:
-        number = float(str(value).replace(",", "")) if isinstance(value, str) else float(value)
+        number = float(value)
     except (TypeError, ValueError):
         issues.add("invalid_amount")
         return None
     if math.isnan(number) or math.isinf(number):
+        issues.add("invalid_amount")
+        return None
+    return number
+
+
+def _printed_amount(value: str, issues: set[str]) -> float | None:
+    """An amount as text (LeapOCR may send strings): float() could misread "1.234,56" as 1.23456.
+
+    Plain "1234.56" is read at once; anything else goes through the extractors' parser (European and US grouping,
+    currency signs, "(12.50)"). "1.234" is 1234 or 1.234: an issue, never a guess.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if _PLAIN_AMOUNT.fullmatch(text):
+        number: float | None = float(text)
+    elif _AMBIGUOUS_AMOUNT.fullmatch(text):
+        issues.add("ambiguous_amount")
+        return None
+    else:
+        number = parse_number(text)
+        if number is None:
+            number = parse_amount(text)  # with a currency sign or code; rounded to cents
+    if number is None or not math.isfinite(number):
         issues.add("invalid_amount")
         return None
     return number
@@ -317,11 +358,40 @@ def _round(value: float | None, places: int) -> float | None:
 def _iso_date(value: Any, issues: set[str]) -> str | None:
     if value in (None, ""):
         return None
+    text = str(value).strip()
     try:
-        return date.fromisoformat(str(value).strip()[:10]).isoformat()
+        return date.fromisoformat(text[:10]).isoformat()
     except ValueError:
+        return _printed_date(text, issues)
+
+
+def _printed_date(text: str, issues: set[str]) -> str | None:
+    """A date printed otherwise than ISO ("01.03.2024", "1 March 2024"), read by the extractors' parser.
+
+    A slash date whose first two numbers are both possible months (03/01/2024) is an issue: guessing US or
+    European order would file the invoice under the wrong day.
+    """
+    day = parse_date(text)
+    if day is None:
         issues.add("invalid_date")
+    elif parse_date(text, prefer_dmy=True) != day:
+        issues.add("ambiguous_date")
         return None
+    return day
+
+
+def _currency(value: Any, issues: set[str]) -> str | None:
+    """ISO 4217 code as printed ("eur"), or the code of a printed symbol ("€", "Fr."); anything else is an issue."""
+    text = _clean_text(value)
+    if text is None:
+        return None
+    code = text.upper()
+    if _CURRENCY_CODE.fullmatch(code):
+        return code
+    symbol_code = _SYMBOL_CURRENCIES.get(text.casefold())
+    if symbol_code is None:
+        issues.add("invalid_currency")
+    return symbol_code
 
 
 def _first(merged: Mapping[str, Any], *keys: str) -> Any:
@@ -341,13 +411,7 @@ def normalise(merged: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str,
         "invoice_date": _iso_date(merged.get("invoice_date"), issues),
         "due_date": _iso_date(merged.get("due_date"), issues),
     }
-    currency = _clean_text(merged.get("currency"))
-    if currency is not None:
-        currency = currency.upper()
-        if not _CURRENCY_CODE.fullmatch(currency):
-            issues.add("invalid_currency")
-            currency = None
-    header["currency"] = currency
+    currency = header["currency"] = _currency(merged.get("currency"), issues)
     places = minor_units(currency)
     for key in ("subtotal", "tax_amount", "total_amount"):
         header[key] = _round(_amount(merged.get(key), issues), places)
@@ -386,14 +450,41 @@ def _extras(merged: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, A
     """What validation derives beside the printed header (document type, VAT id and IBAN if printed)."""
     vat = _clean_text(_first(merged, "vendor_vat_id", "vat_id", "seller_vat_id"))
     iban = _clean_text(_first(merged, "vendor_iban", "iban"))
-    printed_type = str(merged.get("document_type") or "").strip().casefold()
-    total = header.get("total_amount")
-    credit = printed_type in {"credit_note", "credit note", "381"} or (total is not None and total < 0)
+    credit = _is_credit_note(merged.get("document_type"), header.get("total_amount"))
     return {
         "document_type": "credit_note" if credit else "invoice",
         "vendor_vat_id": vat.replace(" ", "").upper() if vat else None,
         "vendor_iban": iban.replace(" ", "").upper() if iban else None,
     }
+
+
+def _is_credit_note(printed_type: Any, total: float | None) -> bool:
+    """Typed a credit note ("credit_note", "Credit Note", "CreditNote", "381"), or an invoice with a negative total."""
+    if printed_type:
+        key = "".join(str(printed_type).split()).replace("_", "").replace("-", "").casefold()
+        if key in _CREDIT_NOTE_TYPES:
+            return True
+    return total is not None and total < 0
+
+
+def _negated(value: float | None) -> float | None:
+    return None if value is None else 0.0 - value  # a zero stays 0.0, not -0.0
+
+
+def _credit_note_signs(header: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+    """Store a credit note negative, as the spend views expect; EN 16931 extractors report it positive.
+
+    The sign of the total (else the subtotal) decides; every amount but the quantity flips, so the lines still add
+    up to the subtotal and subtotal plus tax to the total.
+    """
+    reference = header["total_amount"] if header["total_amount"] is not None else header["subtotal"]
+    if reference is None or reference <= 0:
+        return
+    for key in ("subtotal", "tax_amount", "total_amount"):
+        header[key] = _negated(header[key])
+    for line in lines:
+        line["unit_price"] = _negated(line["unit_price"])
+        line["line_total"] = _negated(line["line_total"])
 
 
 # --------------------------------------------------------------------------------------------------- context
@@ -520,6 +611,8 @@ def _validate(
     for sha, (header, lines, _) in prepared.items():
         match = context.vendors.match(header["vendor_name"])
         extras = _extras(invoices[sha], header)
+        if extras["document_type"] == "credit_note":
+            _credit_note_signs(header, lines)
         vendor_key = match.key_prefix or (name_key(header["vendor_name"]) if header["vendor_name"] else None)
         rows.append(
             {
