@@ -5,9 +5,14 @@ Runs a Great Expectations checkpoint on the core warehouse tables after each loa
 `invoiceflow://warehouse/invoices` asset that `invoice_ingest` emits) and builds Data Docs (HTML) into
 `INVOICEFLOW_DATA_DOCS_DIR` (default `<state dir>/data_docs`).
 
-1. **checkpoint** checks row counts, not-null keys, uniqueness (content hash, vendor + normalised number among live
-   invoices, line numbers) and totals consistency; a failed expectation fails the task (red in the grid) with the
-   failed expectations in the log and the Data Docs path. GX is imported inside the task (about 2 s).
+1. **checkpoint** runs a `gx.Checkpoint` over a GX SQL data source on the warehouse (table assets `invoices` and
+   `invoice_line_items`; the database computes every check, no table is read into the worker) and its
+   `UpdateDataDocsAction` writes the Data Docs. Checks: row counts (live invoices = documents `loaded` or
+   `needs_review`, invoices never outnumber documents), not-null keys, uniqueness (content hash, vendor + normalised
+   number among live invoices, line numbers), every line item belongs to an invoice, and totals consistency
+   (subtotal + tax = total, line totals = subtotal). A failed expectation fails the task (red in the grid, no
+   retries) with the failed expectations in the log and the Data Docs path. GX is imported inside the task (about
+   2 s).
 """
 
 from __future__ import annotations
