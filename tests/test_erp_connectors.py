@@ -422,3 +422,266 @@ def test_connector_from_connection_picks_by_extra_or_type(xero_url: str) -> None
         connector_from_connection(c("xero", {}))
     with pytest.raises(ValueError, match="unknown ERP"):
         connector_from_connection(c("sap", {}))
+
+
+# ------------------------------------------------------------------------------------------------------ credit notes
+
+
+def make_credit(n: int, **overrides: Any) -> dict[str, Any]:
+    """A credit note as the outbox sends it: ``document_type`` credit_note, amounts negative (warehouse convention)."""
+    credit = make_bill(
+        n,
+        document_type="credit_note",
+        invoice_number=f"CN-{100 + n}",
+        subtotal=-100,
+        tax_amount=-19,
+        total_amount=-119,
+        line_items=[
+            {"description": "Paper returned", "quantity": 2, "unit_price": -25, "line_total": -50},
+            {"description": "Toner returned", "quantity": 1, "unit_price": -50, "line_total": -50},
+        ],
+    )
+    credit.update(overrides)
+    return credit
+
+
+def remote(row: sqlite3.Row) -> dict[str, Any]:
+    return json.loads(row["remote_json"])
+
+
+def test_xero_posts_a_credit_note_as_accpaycredit_with_positive_amounts(
+    xero_url: str, tmp_path: Path
+) -> None:
+    with xero(xero_url) as conn:
+        first = conn.post_bills(
+            [make_bill(1), make_credit(2), make_bill(3, document_type="debit_note")], "k1"
+        )
+        assert [o.status for o in first] == ["posted", "posted", "rejected"]
+        assert "document_type" in (first[2].error or "")
+        credit_id = first[1].remote_id
+        rows = ledger(tmp_path / "erp.db")
+        assert [(r["document_type"], r["entity"]) for r in rows] == [
+            ("invoice", ""),
+            ("credit_note", "CreditNote"),
+        ]
+        note = remote(rows[1])
+        assert note["Type"] == "ACCPAYCREDIT" and note["CreditNoteID"] == credit_id
+        assert note["CreditNoteNumber"] == "CN-102" and note["Contact"]["Name"] == "Vendor 2"
+        assert (note["SubTotal"], note["TotalTax"], note["Total"]) == (100, 19, 119)  # Xero's sign: positive
+        assert [(li["Quantity"], li["UnitAmount"], li["LineAmount"]) for li in note["LineItems"]] == [
+            (2, 25, 50),
+            (1, 50, 50),
+        ]
+        assert rows[1]["total_amount"] == 119 and rows[0]["total_amount"] == 119
+        token = conn.tokens.token()
+        headers = {"Authorization": f"Bearer {token}", "xero-tenant-id": "t-1"}
+        bills = httpx.get(f"{xero_url}/api.xro/2.0/Invoices", headers=headers).json()["Invoices"]
+        assert [b["Type"] for b in bills] == ["ACCPAY"]  # never a bill
+        assert conn.find_bill("inv-0002") == credit_id  # this connector sent it
+        found = conn.find_bills("vendor 2", "CN-102")
+        assert [(b["id"], b["document_type"]) for b in found] == [(credit_id, "credit_note")]
+
+        # Re-sent under another batch key (the relay after a lost answer): found, not created again. A payload in
+        # the EN 16931 convention (amounts positive, the type says credit) gives the same positive credit note.
+        positive = make_bill(4, document_type="credit_note", invoice_number="CN-104")
+        again = conn.post_bills([make_credit(2), positive], "k2")
+        assert [(o.status, o.remote_id) for o in again] == [
+            ("duplicate", credit_id),
+            ("posted", again[1].remote_id),
+        ]
+        assert remote(ledger(tmp_path / "erp.db")[-1])["Total"] == 119
+    # Another worker: the payload is the read-back hint (a Xero credit note holds no marker).
+    with xero(xero_url) as fresh:
+        assert fresh.find_bill("inv-0002", bill=make_credit(2)) == credit_id
+        assert fresh.find_bill("inv-0009", bill=make_credit(9)) is None
+    assert [
+        r["invoice_number"] for r in ledger(tmp_path / "erp.db") if r["document_type"] == "credit_note"
+    ] == [
+        "CN-102",
+        "CN-104",
+    ]
+
+
+def test_xero_lost_credit_note_answer_is_replayed_then_read_back(tmp_path: Path) -> None:
+    transport = Dropper({1, 2}, "/CreditNotes")
+    with (
+        running_sandbox(tmp_path / "erp.db", mode="xero") as url,
+        xero(url, transport=transport, max_retries=1) as conn,
+    ):
+        outcomes = conn.post_bills([make_bill(1), make_credit(2)], "k-lost")
+        # The bill's answer came, the credit note's did not.
+        assert [o.status for o in outcomes] == ["posted", "unknown"]
+        keys = {r.headers["Idempotency-Key"] for r in transport.requests}
+        assert len(keys) == 1 and keys != {"k-lost"}  # one key for the credit notes, retried unchanged
+        assert len(transport.requests) == 2
+        with xero(url) as other:
+            found = other.find_bill("inv-0002", bill=make_credit(2))
+            assert found is not None
+            # The relay re-sends only after the read-back; even a blind re-send is caught by the precheck.
+            assert other.post_bills([make_credit(2)], "k-again")[0] == BillOutcome(
+                "inv-0002", "duplicate", found, "Xero already has a credit note with this contact and number"
+            )
+        # Without the precheck, the same batch key replays the stored answer instead of creating another.
+        with xero(url, precheck_duplicates=False) as replay:
+            assert [o.status for o in replay.post_bills([make_bill(1), make_credit(2)], "k-lost")] == [
+                "posted",
+                "posted",
+            ]
+    credits = [r for r in ledger(tmp_path / "erp.db") if r["document_type"] == "credit_note"]
+    assert len(credits) == 1 and len(ledger(tmp_path / "erp.db")) == 2
+
+
+def test_quickbooks_posts_a_credit_note_as_vendor_credit(tmp_path: Path) -> None:
+    with running_sandbox(tmp_path / "erp.db", mode="quickbooks") as url, qbo(url) as conn:
+        first = conn.post_bills(
+            [make_bill(1), make_credit(2), make_credit(3, document_type="proforma")], "k1"
+        )
+        assert [o.status for o in first] == ["posted", "posted", "rejected"]
+        credit_id = first[1].remote_id
+        rows = ledger(tmp_path / "erp.db")
+        assert [(r["document_type"], r["entity"]) for r in rows] == [
+            ("invoice", ""),
+            ("credit_note", "VendorCredit"),
+        ]
+        credit = remote(rows[1])
+        assert credit["Id"] == credit_id and credit["DocNumber"] == "CN-102"
+        assert credit["PrivateNote"] == "invoiceflow:inv-0002" and "DueDate" not in credit
+        assert credit["TotalAmt"] == 119 and [line["Amount"] for line in credit["Line"]] == [50, 50, 19]
+        assert conn.find_bill("inv-0002") == credit_id
+        fresh = qbo(url)
+        assert fresh.find_bill("inv-0002") == credit_id  # no hint: scans bills and vendor credits
+        assert fresh.find_bill("inv-0002", bill=make_credit(2)) == credit_id
+        assert [(b["id"], b["document_type"]) for b in fresh.find_bills("vendor 2", "CN-102")] == [
+            (credit_id, "credit_note")
+        ]
+        # A lost answer (both attempts), then the relay's resend under a new batch key: never a second credit.
+        lost = Dropper({1, 2}, "/batch")
+        with qbo(url, transport=lost, max_retries=1) as other:
+            other.ensure_vendor("Vendor 1")  # cached vendor: the only batch calls below are the credit's
+            lost.count = 0
+            assert other.post_bills([make_credit(4)], "k-lost")[0].status == "unknown"
+            found = other.find_bill("inv-0004", bill=make_credit(4))
+            assert found is not None
+        resent = fresh.post_bills([make_credit(4)], "k-resend")
+        assert (resent[0].status, resent[0].remote_id) == ("duplicate", found)
+        assert fresh.post_bills([make_credit(4)], "k-lost")[0] == BillOutcome(
+            "inv-0004", "posted", found, None
+        )
+    credits = [
+        r["invoice_number"] for r in ledger(tmp_path / "erp.db") if r["document_type"] == "credit_note"
+    ]
+    assert credits == ["CN-102", "CN-104"]
+
+
+@pytest.mark.timeout(180)  # a real trytond: module activation takes most of it
+def test_tryton_posts_a_credit_note_as_a_supplier_credit_note(tmp_path: Path) -> None:
+    pytest.importorskip("trytond.modules.account_invoice")
+    from invoiceflow.erp.tryton import TrytonConnector
+    from invoiceflow.erp.tryton_dev import running_trytond
+
+    def note(n: int, **overrides: Any) -> dict[str, Any]:
+        return make_credit(n, vendor_name="ACME Office Supplies", invoice_date="2026-01-15", **overrides)
+
+    with (
+        running_trytond(tmp_path / "tryton") as server,
+        TrytonConnector(server.url, server.database, server.login, server.password) as conn,
+    ):
+        # An EN 16931-style payload (type credit_note, amounts positive) is a credit note all the same.
+        positive = make_bill(
+            4,
+            document_type="credit_note",
+            vendor_name="ACME Office Supplies",
+            invoice_number="CN-104",
+            invoice_date="2026-01-15",
+        )
+        first = conn.post_bills(
+            [note(1), make_bill(2, invoice_date="2026-01-15"), note(3, document_type="x"), positive], "b1"
+        )
+        assert [o.status for o in first] == ["posted", "posted", "rejected", "posted"], first
+        again = conn.post_bills([note(1)], "b2")  # a resend: our marker is found before anything is created
+        assert (again[0].status, again[0].remote_id) == ("duplicate", first[0].remote_id)
+        assert conn.find_bill("inv-0001") == first[0].remote_id
+        invoices = conn.call(
+            "model.account.invoice.search_read",
+            [["type", "=", "in"]],
+            0,
+            None,
+            [["id", "ASC"]],
+            ["id", "state", "reference", "total_amount", "sequence_type_cache", "number"],
+        )
+        assert [(i["reference"], i["state"], i["sequence_type_cache"]) for i in invoices] == [
+            ("CN-101", "posted", "credit_note"),  # Tryton's supplier credit note: all lines negative
+            ("SUP-1002", "posted", "invoice"),
+            ("CN-104", "posted", "credit_note"),
+        ]
+        assert [i["total_amount"]["decimal"] for i in invoices] == ["-119.00", "119.00", "-119.00"]
+        assert [(b["id"], b["document_type"]) for b in conn.find_bills("acme office supplies", "cn-104")] == [
+            (first[3].remote_id, "credit_note")
+        ]
+        lines = conn.call(
+            "model.account.invoice.line.search_read",
+            [["invoice", "=", invoices[0]["id"]]],
+            0,
+            None,
+            [["id", "ASC"]],
+            ["quantity", "unit_price", "amount"],
+        )
+        assert [(line["quantity"], line["amount"]["decimal"]) for line in lines] == [
+            (-2.0, "-50.00"),
+            (-1.0, "-50.00"),
+            (-1.0, "-19.00"),
+        ]
+
+
+def test_webhook_events_carry_the_document_type() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        _Receiver.seen.clear()
+        _Receiver.fail_first[:] = []
+        with WebhookConnector(url, "whsec", sleep=lambda _s: None) as conn:
+            legacy = make_bill(3, total_amount=-119)  # queued before document_type existed: negative = credit
+            del legacy["invoice_number"]
+            outcomes = conn.post_bills(
+                [make_credit(1), make_bill(2), legacy, make_bill(4, document_type="?")], "k"
+            )
+        assert [o.status for o in outcomes] == ["posted", "posted", "posted", "rejected"]
+        events = [json.loads(body) for _headers, body in _Receiver.seen]
+        assert [(e["id"], e["type"], e["data"]["document_type"]) for e in events] == [
+            ("inv-0001", "invoice.processed", "credit_note"),
+            ("inv-0002", "invoice.processed", "invoice"),
+            ("inv-0003", "invoice.processed", "credit_note"),
+        ]
+        assert events[0]["data"]["total_amount"] == -119  # the warehouse's sign, stated by the type
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_file_export_carries_the_document_type(tmp_path: Path, fmt: str) -> None:
+    import csv
+
+    conn = FileExportConnector(str(tmp_path / "out"), fmt=fmt)
+    bills = [make_credit(1), make_bill(2), make_bill(3, document_type="order")]
+    first = conn.post_bills(bills, "b1")
+    assert [o.status for o in first] == ["posted", "posted", "rejected"]
+    assert first[1].remote_id.endswith("#2") and "document_type" in (first[2].error or "")
+    path = tmp_path / "out" / f"bills-b1.{fmt}"
+    content = path.read_text()
+    if fmt == "csv":
+        rows = list(csv.DictReader(content.splitlines()))
+        assert [(r["reference"], r["document_type"], r["line_total"]) for r in rows] == [
+            ("inv-0001", "credit_note", "-50"),
+            ("inv-0001", "credit_note", "-50"),
+            ("inv-0002", "invoice", "50"),
+            ("inv-0002", "invoice", "50"),
+        ]
+    else:
+        exported = json.loads(content)["bills"]
+        assert [(b["reference"], b["document_type"], b["total_amount"]) for b in exported] == [
+            ("inv-0001", "credit_note", -119),
+            ("inv-0002", "invoice", 119),
+        ]
+    assert conn.post_bills(bills, "b1") == first and path.read_text() == content  # idempotent
+    assert conn.find_bill("inv-0001") == first[0].remote_id and conn.find_bill("inv-0003") is None

@@ -176,3 +176,113 @@ def test_quickbooks_relay_paces_batch_calls_to_the_limit_instead_of_meeting_429s
     assert faults["rate_limited"] == 0, "paced calls never meet the limit"
     calls = len(keys) + 1  # a batch call per bill, plus the one that creates the vendor
     assert elapsed >= (calls - 1) * PACE_MARGIN / pace * 0.95  # ...because they waited for their slots
+
+
+# ------------------------------------------------------------------------------------------------------ credit notes
+
+
+def _credit_note_engine(tmp_path: Path) -> Any:
+    """A warehouse with one approved credit note (as validation hands it over: negative amounts, document type
+    credit_note) and one approved invoice of the same supplier."""
+    engine = warehouse.engine_for(f"sqlite:///{tmp_path / 'wh-credit.db'}")
+    warehouse.upgrade(engine)
+    invoices = []
+    for n, (number, sign, doc_type) in enumerate([("AV-1", -1, "credit_note"), ("F-1", 1, "invoice")], 1):
+        sha = f"c{n:063d}"
+        warehouse.register_files(
+            engine, [warehouse.SeenFile(f"file:///inbox/c{n}.pdf", f"c{n}.pdf", 10, None, sha, "pdf")]
+        )
+        header = {
+            "invoice_number": number,
+            "vendor_name": "Au bon moulin",
+            "invoice_date": "2026-03-02",
+            "due_date": "2026-04-01",
+            "currency": "EUR",
+            "subtotal": sign * 218.48,
+            "tax_amount": sign * 14.99,
+            "total_amount": sign * 233.47,
+        }
+        lines = [
+            {"description": "Nougat", "quantity": 5.0, "unit_price": sign * 4.1, "line_total": sign * 20.48},
+            {"description": "Huile", "quantity": 10.0, "unit_price": sign * 19.8, "line_total": sign * 198.0},
+        ]
+        invoices.append(warehouse.ValidatedInvoice(sha, header, lines, derived={"document_type": doc_type}))
+    warehouse.load_batch(engine, "credit-batch", invoices)
+    return engine
+
+
+def test_erp_payload_states_the_document_type() -> None:
+    header = {"invoice_number": "AV-1", "vendor_name": "V", "total_amount": -10.0}
+    credit = warehouse.ValidatedInvoice("a" * 64, header, [], derived={"document_type": "credit_note"})
+    assert warehouse.erp_payload(credit)["document_type"] == "credit_note"
+    plain = warehouse.ValidatedInvoice("b" * 64, {**header, "total_amount": 10.0}, [])
+    assert warehouse.erp_payload(plain)["document_type"] == "invoice"
+    # Approved in review (no derived values): a negative total is a credit note, as the invoices table says.
+    reviewed = warehouse.ValidatedInvoice("c" * 64, header, [])
+    assert warehouse.erp_payload(reviewed)["document_type"] == "credit_note"
+
+
+def test_relay_posts_a_credit_note_as_a_xero_credit_note_exactly_once(tmp_path: Path) -> None:
+    """Outbox → Xero: the credit note lands as ACCPAYCREDIT (positive amounts), the invoice as ACCPAY; the answer
+    is lost after Xero committed, and the next run reads the credit note back instead of posting it again."""
+    from invoiceflow.erp.xero import XeroConnector
+
+    engine = _credit_note_engine(tmp_path)
+    payloads = {
+        json.loads(r["payload"])["invoice_number"]: json.loads(r["payload"])
+        for r in warehouse.outbox_rows(engine, sorted(statuses(engine)))
+    }
+    assert payloads["AV-1"]["document_type"] == "credit_note" and payloads["AV-1"]["total_amount"] == -233.47
+    assert payloads["F-1"]["document_type"] == "invoice"
+    ledger = tmp_path / "erp.db"
+    with (
+        running_sandbox(ledger, mode="xero") as url,
+        XeroConnector(
+            url, tenant_id="t-1", client_id="c", client_secret="s", sleep=lambda _s: None
+        ) as client,
+    ):
+        (batch,) = relay.plan_batches(engine, 50)
+        real_post = client.post_bills
+
+        def post_then_crash(bills: list[dict], batch_key: str) -> Any:
+            real_post(bills, batch_key)
+            raise KeyboardInterrupt("worker killed after the ERP committed")
+
+        with (
+            mock.patch.object(client, "post_bills", side_effect=post_then_crash),
+            pytest.raises(KeyboardInterrupt),
+        ):
+            relay.relay_batch(engine, client, batch)
+        assert set(statuses(engine).values()) == {"unknown"}
+        never = AssertionError("read back, not resend")
+        with (
+            XeroConnector(url, tenant_id="t-1", client_id="c", client_secret="s") as other_worker,
+            mock.patch.object(other_worker, "post_bills", side_effect=never),
+        ):
+            (retry,) = relay.plan_batches(engine, 50)
+            assert relay.relay_batch(engine, other_worker, retry) == {"posted": 2}
+    assert set(statuses(engine).values()) == {"posted"}
+    with sqlite3.connect(ledger) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM bills ORDER BY rowid").fetchall()
+    kinds = {r["invoice_number"]: (r["document_type"], json.loads(r["remote_json"])) for r in rows}
+    assert len(rows) == 2
+    doc_type, note = kinds["AV-1"]
+    assert doc_type == "credit_note" and note["Type"] == "ACCPAYCREDIT" and note["Total"] == 233.47
+    assert [li["LineAmount"] for li in note["LineItems"]] == [20.48, 198.0]
+    assert kinds["F-1"][0] == "invoice" and kinds["F-1"][1]["Type"] == "ACCPAY"
+    with engine.connect() as conn:
+        remote_ids = dict(
+            conn.exec_driver_sql("SELECT idempotency_key, remote_id FROM erp_outbox").fetchall()
+        )
+    assert note["CreditNoteID"] in remote_ids.values()
+
+
+def test_relay_sends_the_document_type_to_the_native_sandbox(tmp_path: Path, sandbox: Any) -> None:
+    client, ledger = sandbox
+    engine = _credit_note_engine(tmp_path)
+    (batch,) = relay.plan_batches(engine, 50)
+    assert relay.relay_batch(engine, client, batch) == {"posted": 2}
+    with sqlite3.connect(ledger) as conn:
+        stored = dict(conn.execute("SELECT invoice_number, document_type FROM bills").fetchall())
+    assert stored == {"AV-1": "credit_note", "F-1": "invoice"}

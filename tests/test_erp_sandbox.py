@@ -416,3 +416,43 @@ def test_native_mode_fault_injection_is_seeded(db_path: Path) -> None:
         assert post(url, [make_bill(1)], "k").status_code in (500, 503)
         assert httpx.get(f"{url}/api/admin/stats").json()["faults"]["errors"] == 1
     assert ledger_rows(db_path) == []
+
+
+def test_native_sandbox_stores_credit_notes_as_credits(sandbox: str, db_path: Path) -> None:
+    """A credit note keeps the warehouse's sign (negative) and is stored as one; a resend is a duplicate; the
+    natural key is per document type (a supplier's credit note may share its number with an invoice)."""
+    credit = make_bill(1, document_type="credit_note", total_amount=-119.0, invoice_number="CN-1")
+    with make_client(sandbox) as client:
+        first = client.post_bills([credit, make_bill(2, document_type="invoice")], "k-credit")
+        assert [(o.status, o.remote_id) for o in first] == [
+            ("posted", "BILL-000001"),
+            ("posted", "BILL-000002"),
+        ]
+        again = client.post_bills(
+            [
+                credit,  # the same reference: a resend
+                make_bill(7, vendor_name="Vendor 1", invoice_number="cn-1", document_type="credit_note"),
+                make_bill(8, vendor_name="Vendor 1", invoice_number="CN-1", document_type="invoice"),
+                make_bill(9, document_type="pro_forma"),
+            ],
+            "k-credit-2",
+        )
+        assert [(o.status, o.remote_id) for o in again] == [
+            ("duplicate", "BILL-000001"),
+            ("duplicate", "BILL-000001"),
+            ("posted", "BILL-000003"),
+            ("rejected", None),
+        ]
+        assert "document_type" in (again[3].error or "")
+        found = client.find_bills("vendor 1", "CN-1")
+        assert [(b["id"], b["document_type"]) for b in found] == [
+            ("BILL-000001", "credit_note"),
+            ("BILL-000003", "invoice"),
+        ]
+    rows = ledger_rows(db_path)
+    assert [(r["id"], r["document_type"]) for r in rows] == [
+        ("BILL-000001", "credit_note"),
+        ("BILL-000002", "invoice"),
+        ("BILL-000003", "invoice"),
+    ]
+    assert rows[0]["total_amount"] == pytest.approx(-119.0)

@@ -115,3 +115,26 @@ def test_parallel_eval_scores_like_a_sequential_one(tmp_path: Path) -> None:
     assert parallel.pages == sequential.pages == 4
     assert parallel.summary.per_field["invoice_number"] == (3, 4)
     assert parallel.seconds > 0
+
+
+def test_document_type_is_scored_only_where_the_truth_has_it(tmp_path: Path) -> None:
+    """The Factur-X credit note (type 381): its ground truth has no document_type, so adding the field to the
+    extraction changes no score; a ground truth that states it gets it scored (and right)."""
+    from invoiceflow.evaluation import evaluate_directory
+
+    sample = Path(__file__).resolve().parents[1] / "include" / "samples" / "avoir-fr-type381-basic"
+    truth = json.loads(sample.with_suffix(".json").read_text())
+    assert "document_type" not in truth
+    (tmp_path / "without").mkdir()
+    (tmp_path / "with").mkdir()
+    for folder, extra in (("without", {}), ("with", {"document_type": "credit_note"})):
+        (tmp_path / folder / "avoir.pdf").write_bytes(sample.with_suffix(".pdf").read_bytes())
+        (tmp_path / folder / "avoir.json").write_text(json.dumps({**truth, **extra}))
+    without = evaluate_directory(tmp_path / "without", use_einvoice=True, jobs=1)
+    assert "document_type" not in without.scores[0].fields
+    assert without.summary.header_accuracy == 1.0 and without.summary.f1 == 1.0
+    stated = evaluate_directory(tmp_path / "with", use_einvoice=True, jobs=1)
+    assert stated.scores[0].fields["document_type"] is True
+    assert stated.summary.header_correct == without.summary.header_correct + 1
+    wrong = score_document({"document_type": "invoice"}, {"document_type": "credit_note"})
+    assert wrong.fields == {"document_type": False}

@@ -18,6 +18,7 @@ from invoiceflow.extraction.textlayer import Line, PageText, Word
 from invoiceflow.extraction.values import parse_amount, parse_date
 
 CORPUS = Path(os.environ.get("INVOICEFLOW_EINVOICE_CORPUS", "/work/shared/corpus/einvoice-dev"))
+SAMPLES = Path(__file__).resolve().parents[1] / "include" / "samples"
 SCORED = [
     "invoice_number", "vendor_name", "invoice_date", "due_date", "currency", "subtotal", "tax_amount",
     "total_amount", "purchase_order_number",
@@ -111,11 +112,130 @@ def test_standalone_cii_and_ubl_xml() -> None:
     assert result.source == "einvoice-ubl"
     page = result.pages[0].result
     assert page == {
-        "invoice_number": "UBL-7", "vendor_name": "Seller AG", "invoice_date": "2024-03-05",
+        "document_type": "invoice", "invoice_number": "UBL-7", "vendor_name": "Seller AG", "invoice_date": "2024-03-05",
         "due_date": "2024-04-04", "currency": "EUR", "subtotal": 100.0, "tax_amount": 19.0,
         "total_amount": 119.0, "purchase_order_number": "PO-1",
         "line_items": [{"description": "Widget", "quantity": 4.0, "unit_price": 25.0, "line_total": 100.0}],
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- credit notes
+
+_UBL_CREDIT_NOTE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<CreditNote xmlns="urn:oasis:names:specification:ubl:schema:xsd:CreditNote-2"
+ xmlns:cac="urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+ xmlns:cbc="urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2">
+ <cbc:ID>CN-7</cbc:ID><cbc:IssueDate>2024-03-05</cbc:IssueDate>
+ <cbc:CreditNoteTypeCode>381</cbc:CreditNoteTypeCode><cbc:DocumentCurrencyCode>EUR</cbc:DocumentCurrencyCode>
+ <cac:AccountingSupplierParty><cac:Party><cac:PartyLegalEntity>
+  <cbc:RegistrationName>Seller AG</cbc:RegistrationName></cac:PartyLegalEntity></cac:Party>
+ </cac:AccountingSupplierParty>
+ <cac:TaxTotal><cbc:TaxAmount currencyID="EUR">9.50</cbc:TaxAmount></cac:TaxTotal>
+ <cac:LegalMonetaryTotal><cbc:TaxExclusiveAmount currencyID="EUR">50.00</cbc:TaxExclusiveAmount>
+  <cbc:TaxInclusiveAmount currencyID="EUR">59.50</cbc:TaxInclusiveAmount></cac:LegalMonetaryTotal>
+ <cac:CreditNoteLine><cbc:CreditedQuantity unitCode="C62">2</cbc:CreditedQuantity>
+  <cbc:LineExtensionAmount currencyID="EUR">50.00</cbc:LineExtensionAmount>
+  <cac:Item><cbc:Name>Widget returned</cbc:Name></cac:Item>
+  <cac:Price><cbc:PriceAmount currencyID="EUR">25.00</cbc:PriceAmount></cac:Price>
+ </cac:CreditNoteLine>
+</CreditNote>"""
+
+
+def _cii_of(pdf: Path) -> bytes:
+    from facturx import get_xml_from_pdf
+
+    return get_xml_from_pdf(pdf.read_bytes(), check_xsd=False)[1]
+
+
+def test_factur_x_type_381_is_a_credit_note_with_positive_amounts() -> None:
+    """The committed sample (CII TypeCode 381): document_type credit_note, amounts as printed (positive), from the
+    embedded XML, the standalone XML and the PDF's text layer alike; a 380 invoice stays an invoice."""
+    pdf = SAMPLES / "avoir-fr-type381-basic.pdf"
+    embedded = extract_pages(pdf.read_bytes(), pdf.name)
+    assert embedded.source == "einvoice-cii"
+    merged = embedded.merged()
+    assert merged["document_type"] == "credit_note"
+    assert merged["total_amount"] == 233.47 and all(li["line_total"] > 0 for li in merged["line_items"])
+    standalone = extract_pages(_cii_of(pdf), "avoir.xml").merged()
+    assert standalone["document_type"] == "credit_note"
+    text_layer = extract_pages(pdf.read_bytes(), pdf.name, use_einvoice=False)
+    assert text_layer.source == "text-layer" and text_layer.merged()["document_type"] == "credit_note"
+    assert text_layer.merged()["total_amount"] == 233.47
+
+    invoice = SAMPLES / "en16931-einfach-duedate.pdf"
+    for use_einvoice in (True, False):
+        merged = extract_pages(invoice.read_bytes(), invoice.name, use_einvoice=use_einvoice).merged()
+        assert merged["document_type"] == "invoice"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("381", "credit_note"), ("396", "credit_note"), ("261", "credit_note"), ("262", "credit_note"),
+     ("380", "invoice"), ("384", "invoice"), ("389", "invoice")],
+)  # fmt: skip
+def test_cii_type_code_decides_the_document_type(code: str, expected: str) -> None:
+    xml = _cii_of(SAMPLES / "avoir-fr-type381-basic.pdf")
+    xml = xml.replace(b">381</ram:TypeCode>", f">{code}</ram:TypeCode>".encode(), 1)
+    assert f">{code}</ram:TypeCode>".encode() in xml
+    assert extract_pages(xml, "cii.xml").pages[0].result["document_type"] == expected
+
+
+def test_ubl_credit_note_root_or_type_code_is_a_credit_note() -> None:
+    result = extract_pages(_UBL_CREDIT_NOTE, "cn.xml")
+    assert result.source == "einvoice-ubl"
+    page = result.pages[0].result
+    assert page["document_type"] == "credit_note" and page["invoice_number"] == "CN-7"
+    assert page["total_amount"] == 59.5 and page["line_items"] == [
+        {"description": "Widget returned", "quantity": 2.0, "unit_price": 25.0, "line_total": 50.0}
+    ]
+    # An Invoice root that carries a credit-note type code (seen in the wild) is a credit note too.
+    as_invoice = (
+        _UBL_CREDIT_NOTE.replace(b"CreditNote-2", b"Invoice-2")
+        .replace(b"<CreditNote ", b"<Invoice ")
+        .replace(b"</CreditNote>", b"</Invoice>")
+        .replace(b"CreditNoteTypeCode", b"InvoiceTypeCode")
+    )
+    assert extract_pages(as_invoice, "inv.xml").pages[0].result["document_type"] == "credit_note"
+    plain = as_invoice.replace(b">381<", b">380<")
+    assert extract_pages(plain, "inv.xml").pages[0].result["document_type"] == "invoice"
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [("Credit note CN-2024-7", "credit_note"), ("GUTSCHRIFT Nr. G-17", "credit_note"), ("Avoir n° AV-12", "credit_note"),
+     ("Nota di credito 2024/7", "credit_note"), ("Credit memo", "credit_note"), ("Rechnung Nr. 4711", "invoice"),
+     ("Invoice INV-9", "invoice")],
+)  # fmt: skip
+def test_text_layer_title_gives_the_document_type(title: str, expected: str) -> None:
+    from invoiceflow.extraction.fields import extract_document
+
+    rows = [
+        [(50.0, "Muster GmbH, Musterweg 5, 12345 Musterstadt")],
+        [(50.0, title)],
+        [(50.0, "Total"), (400.0, "-119,00 EUR")],
+    ]
+    per_page, _confidence = extract_document([_page(*rows), _page([(50.0, "Seite 2 von 2 Muster GmbH")])])
+    (first, _items), (second, _items2) = per_page
+    assert first["document_type"] == expected and "document_type" not in second
+    assert first["total_amount"] == (119.0 if expected == "credit_note" else -119.0)
+
+
+def test_merged_result_keeps_a_credit_note_from_any_page() -> None:
+    from invoiceflow.extraction import PageExtraction
+
+    def page(n: int, doc_type: str | None) -> PageExtraction:
+        return PageExtraction(n, {"document_type": doc_type, "invoice_number": "CN-1" if n == 1 else None})
+
+    merged = ExtractionResult(pages=[page(1, "invoice"), page(2, "credit_note"), page(3, None)]).merged()
+    assert merged == {"document_type": "credit_note", "invoice_number": "CN-1"}
+    assert ExtractionResult(pages=[page(1, None), page(2, "invoice")]).merged()["document_type"] == "invoice"
+
+
+def test_schema_declares_the_document_type() -> None:
+    from invoiceflow.extraction import default_schema
+
+    spec = default_schema()["properties"]["document_type"]
+    assert {"invoice", "credit_note"} <= set(spec["enum"]) and spec["description"]
 
 
 def test_schema_drives_the_fields() -> None:

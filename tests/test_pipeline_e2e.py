@@ -39,6 +39,16 @@ def ground_truth() -> dict[str, dict[str, Any]]:
     }
 
 
+#: EN 16931 type codes of the samples that are credit notes (their ground truth has positive amounts, as printed).
+CREDIT_NOTE_CODES = {"381"}
+
+
+def warehouse_total(expected: dict[str, Any]) -> float:
+    """The total the warehouse stores: negative for a credit note, whose document type carries the sign."""
+    credit = expected.get("_doc_type") in CREDIT_NOTE_CODES
+    return -expected["total_amount"] if credit else expected["total_amount"]
+
+
 def fill_inbox(inbox: Path) -> None:
     """The samples, plus what a real inbox also receives: a re-sent copy, junk, an empty and a corrupt file."""
     for pdf in SAMPLES.glob("*.pdf"):
@@ -113,7 +123,9 @@ def test_pipeline_end_to_end_and_rerun_changes_nothing(
         got = invoices[name]
         assert got["invoice_number"] == expected["invoice_number"], name
         assert got["vendor_name"] == expected["vendor_name"], name
-        assert float(got["total_amount"]) == pytest.approx(expected["total_amount"], abs=0.005), name
+        assert float(got["total_amount"]) == pytest.approx(warehouse_total(expected), abs=0.005), name
+        credit = expected.get("_doc_type") in CREDIT_NOTE_CODES
+        assert got["document_type"] == ("credit_note" if credit else "invoice"), name
         expected_review = "needs_review" if expected.get("_expect_review") else "auto_approved"
         assert got["review_status"] == expected_review, name
         assert documents[name]["status"] == ("needs_review" if expected.get("_expect_review") else "loaded")
@@ -143,6 +155,13 @@ def test_pipeline_end_to_end_and_rerun_changes_nothing(
     ledger = bills(erp_sandbox)
     assert sorted(b[0] for b in ledger) == sorted(o["idempotency_key"] for o in outbox)
     assert sorted(b[2] for b in ledger) == sorted(truth[n]["invoice_number"] for n in approved)
+    with sqlite3.connect(erp_sandbox) as conn:
+        credits = conn.execute(
+            "SELECT invoice_number FROM bills WHERE document_type = 'credit_note'"
+        ).fetchall()
+    assert credits == [
+        (t["invoice_number"],) for n, t in truth.items() if t.get("_doc_type") in CREDIT_NOTE_CODES
+    ]
 
     # Every document ends in exactly one terminal state.
     assert {d["status"] for d in documents.values()} <= warehouse.TERMINAL_STATES

@@ -593,8 +593,13 @@ def idempotency_key(vendor_name: str, invoice_number: str) -> str:
 
 
 def erp_payload(inv: ValidatedInvoice) -> dict[str, Any]:
+    """What the outbox sends to the ERP: the header, ``document_type`` (``invoice`` or ``credit_note``: connectors
+    post a credit note as the ERP's credit document, never as a bill) and the line items. Amounts follow the
+    warehouse convention: a credit note's totals and line totals are negative."""
     return {
         **{k: inv.header.get(k) for k in HEADER_COLUMNS},
+        # validation's type, or (not validated, e.g. approved in review) the invoices table's default rule
+        "document_type": _derived(inv)["document_type"],
         "line_items": [{k: li.get(k) for k in LINE_COLUMNS} for li in inv.line_items],
     }
 

@@ -16,6 +16,12 @@ Contract of :class:`ErpConnector` (what the relay may rely on, for every impleme
 - ``find_bills(vendor_name, invoice_number)`` returns the ERP's bills for that vendor + number as plain dicts with at
   least ``id``, ``vendor_name``, ``invoice_number``, ``reference`` (our marker or ``None``), ``total_amount``.
 - ``ensure_vendor(vendor_name)`` returns the remote contact/supplier/party id, creating it if missing.
+
+Credit notes: a bill whose ``document_type`` is ``credit_note`` (see :func:`document_type`) is posted as the ERP's
+credit document (Xero ``ACCPAYCREDIT`` credit note, QuickBooks ``VendorCredit``, a Tryton supplier credit note),
+never as a bill; ``find_bill`` finds it too. The payload follows the warehouse convention (a credit note's amounts
+are negative); :func:`credit_lines` turns them into the positive amounts most ERPs expect on a credit document. A
+connector that cannot post a credit note answers ``rejected`` with the reason, never a bill.
 """
 
 from __future__ import annotations
@@ -335,6 +341,61 @@ def bill_lines(bill: Mapping[str, Any]) -> list[BillLine]:
         return []
     number = bill.get("invoice_number") or ""
     return [BillLine(f"Invoice {number}".strip(), Decimal(1), net, net)]
+
+
+INVOICE = "invoice"
+CREDIT_NOTE = "credit_note"
+DOCUMENT_TYPES = (INVOICE, CREDIT_NOTE)
+# Spellings of the two document types once case, spaces, "-" and "_" are dropped (UNTDID 1001 codes included).
+_CREDIT_NOTE_NAMES = frozenset(
+    {"creditnote", "credit", "creditmemo", "vendorcredit", "accpaycredit", "81", "83", "261", "262", "296", "308",
+     "381", "396", "420", "458", "532"}
+)  # fmt: skip
+_INVOICE_NAMES = frozenset({"invoice", "bill", "accpay", "380"})
+
+
+def document_type(bill: Mapping[str, Any]) -> str:
+    """``invoice`` or ``credit_note`` for a bill payload; raises ``ValueError`` for a type no connector knows.
+
+    Without a ``document_type`` (payloads queued before it existed) a negative total marks a credit note, as the
+    warehouse decides for its ``document_type`` column.
+    """
+    raw = bill.get("document_type")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        total = to_decimal(bill.get("total_amount"))
+        return CREDIT_NOTE if total is not None and total < 0 else INVOICE
+    key = re.sub(r"[\s_-]+", "", str(raw)).casefold()
+    if key in _CREDIT_NOTE_NAMES:
+        return CREDIT_NOTE
+    if key in _INVOICE_NAMES:
+        return INVOICE
+    raise ValueError(f"unknown document_type {raw!r}: expected one of {', '.join(DOCUMENT_TYPES)}")
+
+
+def credit_sign(bill: Mapping[str, Any], lines: list[BillLine] | None = None) -> Decimal:
+    """-1 when the bill's amounts are negative (the warehouse's credit notes), else 1: the total decides, then the
+    subtotal, then the sum of the lines."""
+    for key in ("total_amount", "subtotal"):
+        value = to_decimal(bill.get(key))
+        if value is not None and value != 0:
+            return Decimal(-1) if value < 0 else Decimal(1)
+    net = sum((line.amount for line in lines or []), Decimal(0))
+    return Decimal(-1) if net < 0 else Decimal(1)
+
+
+def credit_lines(bill: Mapping[str, Any]) -> tuple[list[BillLine], Decimal | None]:
+    """A credit note's lines and tax as *positive* credit amounts (what Xero and QuickBooks credit documents
+    want), whichever sign the payload uses: a negative document is negated as a whole, so a line that adds to the
+    credit note (a charge) keeps its opposite sign. Quantities are positive, prices carry the line's sign."""
+    lines = bill_lines(bill)
+    sign = credit_sign(bill, lines)
+    out = []
+    for line in lines:
+        amount = line.amount * sign
+        price = abs(line.unit_price) if amount >= 0 else -abs(line.unit_price)
+        out.append(BillLine(line.description, abs(line.quantity), price, amount))
+    tax = to_decimal(bill.get("tax_amount"))
+    return out, (tax * sign if tax is not None else None)
 
 
 def split_tax(lines: list[BillLine], tax: Decimal | None) -> list[Decimal]:

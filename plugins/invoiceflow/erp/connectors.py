@@ -27,6 +27,11 @@ webhook           host = receiver URL; password = signing secret; extra: ``statu
 file              host (or extra ``path``) = storage path (``/dir``, ``file:///dir``, ``s3://bucket/dir``);
                   extra: ``format`` ("csv"/"json"), ``prefix`` ("bills-"), ``max_batch`` (500).
 ================  ====================================================================================================
+
+Credit notes (payload ``document_type`` = ``credit_note``, amounts negative) are never posted as bills: Xero gets an
+``ACCPAYCREDIT`` credit note (``/CreditNotes``, positive amounts), QuickBooks a ``VendorCredit`` (positive amounts),
+Tryton a supplier credit note (``type='in'``, negative lines); the webhook and the file export carry
+``document_type`` with the warehouse's signs; the sandbox stores it per bill.
 """
 
 from __future__ import annotations

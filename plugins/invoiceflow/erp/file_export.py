@@ -6,6 +6,10 @@ overwrites the same file: idempotent. The file is written to a temporary name fi
 the store supports it. CSV has one row per line item (header columns repeated); JSON holds the whole bills.
 ``remote_id`` is ``"<file path>#<row>"`` (1-based bill index in the file). :meth:`find_bill` scans the exported
 files for the reference.
+
+Every bill carries ``document_type`` (``invoice`` or ``credit_note``, normalised; a CSV column after
+``purchase_order_number``): a credit note keeps the warehouse's negative amounts, so an importer must book it as a
+credit, not as a bill. A bill with an unknown document type is ``rejected`` and left out of the file.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ import json
 import re
 from typing import Any
 
-from invoiceflow.erp.base import BillOutcome, check_batch, json_default, log_outcomes, normalize_key
+from invoiceflow.erp.base import (
+    BillOutcome,
+    check_batch,
+    document_type,
+    json_default,
+    log_outcomes,
+    normalize_key,
+)
 
 CSV_COLUMNS = (
     "reference",
@@ -29,6 +40,7 @@ CSV_COLUMNS = (
     "tax_amount",
     "total_amount",
     "purchase_order_number",
+    "document_type",
     "line_no",
     "line_description",
     "line_quantity",
@@ -76,7 +88,7 @@ class FileExportConnector:
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for bill in bills:
-            head = {k: bill.get(k) for k in CSV_COLUMNS[:10]}
+            head = {k: bill.get(k) for k in CSV_COLUMNS[: CSV_COLUMNS.index("line_no")]}
             lines = bill.get("line_items") or [{}]
             for n, line in enumerate(lines, 1):
                 writer.writerow(
@@ -96,15 +108,24 @@ class FileExportConnector:
             return []
         references = check_batch(bills, batch_key, self.max_batch)
         target = self.file_for(batch_key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp"
-        tmp.write_text(self.render(bills))
-        try:
-            tmp.rename(target)
-        except Exception:  # stores without an overwriting rename: write in place (still idempotent)
-            target.write_text(self.render(bills))
-            tmp.unlink(missing_ok=True)
-        outcomes = [BillOutcome(ref, "posted", f"{target}#{i}", None) for i, ref in enumerate(references, 1)]
+        outcomes: list[BillOutcome] = []
+        exported: list[dict] = []
+        for bill, ref in zip(bills, references, strict=True):
+            try:
+                exported.append({**bill, "document_type": document_type(bill)})
+            except ValueError as exc:
+                outcomes.append(BillOutcome(ref, "rejected", None, f"not exported: {exc}"))
+                continue
+            outcomes.append(BillOutcome(ref, "posted", f"{target}#{len(exported)}", None))
+        if exported:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.tmp"
+            tmp.write_text(self.render(exported))
+            try:
+                tmp.rename(target)
+            except Exception:  # stores without an overwriting rename: write in place (still idempotent)
+                target.write_text(self.render(exported))
+                tmp.unlink(missing_ok=True)
         log_outcomes(self.name, batch_key, outcomes, 1)
         return outcomes
 

@@ -16,6 +16,10 @@
 - Our marker is ``PrivateNote = "invoiceflow:<reference>"``. The query language cannot filter on ``PrivateNote``:
   :meth:`find_bill` searches by vendor + DocNumber when given ``bill=`` (or when this connector posted that
   reference), else scans bills created in the last ``lookback_days``.
+- Credit notes (``document_type`` credit_note) are created as ``VendorCredit`` (same batch, same ``requestid``):
+  ``VendorRef``, ``DocNumber``, ``PrivateNote`` marker, ``TxnDate``, ``CurrencyRef`` and expense lines with
+  *positive* amounts (QuickBooks' convention; the payload's are negative), no ``DueDate``. :meth:`find_bill` reads
+  ``VendorCredit`` back the same way as ``Bill``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import httpx
 
 from invoiceflow.erp.base import (
+    CREDIT_NOTE,
     Attempts,
     BillOutcome,
     ErpRateLimitedError,
@@ -39,7 +44,9 @@ from invoiceflow.erp.base import (
     bearer_request,
     bill_lines,
     check_batch,
+    credit_lines,
     derived_key,
+    document_type,
     dumps,
     json_client,
     log_outcomes,
@@ -49,6 +56,8 @@ from invoiceflow.erp.base import (
 )
 
 MARKER_PREFIX = "invoiceflow:"
+BILL = "Bill"
+VENDOR_CREDIT = "VendorCredit"
 #: Spacing of paced batch calls relative to the exact limit.
 PACE_MARGIN = 1.05
 _TXN_ID = re.compile(r"TxnId=(\d+)")
@@ -125,7 +134,8 @@ class QuickBooksConnector:
         elif not access_token:
             raise ValueError("QuickBooks needs a refresh_token (with client id/secret) or an access_token")
         self._vendors: dict[str, str] = {}
-        self._posted: dict[str, tuple[str, str]] = {}
+        #: What this connector sent, by reference: (vendor, DocNumber, entity), the read-back hint without bill=.
+        self._posted: dict[str, tuple[str, str, str]] = {}
 
     def __enter__(self) -> QuickBooksConnector:
         return self
@@ -270,8 +280,19 @@ class QuickBooksConnector:
     # ------------------------------------------------------------------------------------------------ posting
 
     def to_bill(self, bill: dict[str, Any], vendor_id: str) -> dict[str, Any]:
+        return self._transaction(bill, vendor_id, credit=False)
+
+    def to_vendor_credit(self, bill: dict[str, Any], vendor_id: str) -> dict[str, Any]:
+        """A credit note as a ``VendorCredit``: the bill's fields without ``DueDate``, amounts positive."""
+        return self._transaction(bill, vendor_id, credit=True)
+
+    def _transaction(self, bill: dict[str, Any], vendor_id: str, *, credit: bool) -> dict[str, Any]:
+        if credit:
+            bill_line_list, tax = credit_lines(bill)
+        else:
+            bill_line_list, tax = bill_lines(bill), to_decimal(bill.get("tax_amount"))
         lines = []
-        for line in bill_lines(bill):
+        for line in bill_line_list:
             lines.append(
                 {
                     "DetailType": "AccountBasedExpenseLineDetail",
@@ -280,7 +301,6 @@ class QuickBooksConnector:
                     "AccountBasedExpenseLineDetail": {"AccountRef": {"value": self.expense_account}},
                 }
             )
-        tax = to_decimal(bill.get("tax_amount"))
         if tax:
             lines.append(
                 {
@@ -298,7 +318,7 @@ class QuickBooksConnector:
         }
         if bill.get("invoice_date"):
             out["TxnDate"] = str(bill["invoice_date"])
-        if bill.get("due_date"):
+        if bill.get("due_date") and not credit:
             out["DueDate"] = str(bill["due_date"])
         if bill.get("currency"):
             out["CurrencyRef"] = {"value": str(bill["currency"]).upper()}
@@ -308,17 +328,32 @@ class QuickBooksConnector:
         if not bills:
             return []
         references = check_batch(bills, batch_key, self.max_batch)
-        vendors = self._ensure_vendors([b.get("vendor_name") or "" for b in bills])
-        items = [
-            {
-                "bId": str(i),
-                "operation": "create",
-                "Bill": self.to_bill(bill, vendors[(bill.get("vendor_name") or "").strip()]),
-            }
-            for i, bill in enumerate(bills)
-        ]
-        for bill, ref in zip(bills, references, strict=True):
-            self._posted[ref] = (str(bill.get("vendor_name") or ""), str(bill.get("invoice_number") or ""))
+        refused: dict[int, BillOutcome] = {}
+        entities: dict[int, str] = {}
+        for i, bill in enumerate(bills):
+            try:
+                entities[i] = VENDOR_CREDIT if document_type(bill) == CREDIT_NOTE else BILL
+            except ValueError as exc:
+                refused[i] = BillOutcome(references[i], "rejected", None, f"QuickBooks: {exc}")
+        if not entities:
+            log_outcomes(self.name, batch_key, list(refused.values()), 0)
+            return [refused[i] for i in range(len(bills))]
+        vendors = self._ensure_vendors([bills[i].get("vendor_name") or "" for i in entities])
+        items = []
+        for i, entity in entities.items():
+            bill = bills[i]
+            vendor_id = vendors[(bill.get("vendor_name") or "").strip()]
+            txn = (
+                self.to_vendor_credit(bill, vendor_id)
+                if entity == VENDOR_CREDIT
+                else self.to_bill(bill, vendor_id)
+            )
+            items.append({"bId": str(i), "operation": "create", entity: txn})
+            self._posted[references[i]] = (
+                str(bill.get("vendor_name") or ""),
+                str(bill.get("invoice_number") or ""),
+                entity,
+            )
         requestid = derived_key(batch_key, [], 36)
         body, attempts, last = self._call(
             "POST",
@@ -330,23 +365,27 @@ class QuickBooksConnector:
         )
         if body is None:
             outcomes = [
-                BillOutcome(r, "unknown", None, f"no answer after {attempts} attempts: {last}")
-                for r in references
+                refused.get(i)
+                or BillOutcome(r, "unknown", None, f"no answer after {attempts} attempts: {last}")
+                for i, r in enumerate(references)
             ]
         else:
             by_bid = {
                 str(r.get("bId")): r for r in body.get("BatchItemResponse") or [] if isinstance(r, dict)
             }
-            outcomes = [self._map(by_bid.get(str(i)), ref) for i, ref in enumerate(references)]
+            outcomes = [
+                refused.get(i) or self._map(by_bid.get(str(i)), ref, entities[i])
+                for i, ref in enumerate(references)
+            ]
         log_outcomes(self.name, batch_key, outcomes, attempts)
         return outcomes
 
     @staticmethod
-    def _map(result: dict[str, Any] | None, ref: str) -> BillOutcome:
+    def _map(result: dict[str, Any] | None, ref: str, entity: str = BILL) -> BillOutcome:
         if result is None:
             return BillOutcome(ref, "unknown", None, "bId missing from the batch response")
-        if isinstance(result.get("Bill"), dict) and result["Bill"].get("Id"):
-            return BillOutcome(ref, "posted", str(result["Bill"]["Id"]), None)
+        if isinstance(result.get(entity), dict) and result[entity].get("Id"):
+            return BillOutcome(ref, "posted", str(result[entity]["Id"]), None)
         fault = result.get("Fault") or {}
         errors = [e for e in fault.get("Error") or [] if isinstance(e, dict)]
         reason = (
@@ -362,10 +401,11 @@ class QuickBooksConnector:
 
     # ------------------------------------------------------------------------------------------------ read-back
 
-    def _summary(self, bill: dict[str, Any]) -> dict[str, Any]:
+    def _summary(self, bill: dict[str, Any], entity: str = BILL) -> dict[str, Any]:
         note = str(bill.get("PrivateNote") or "")
         return {
             "id": bill.get("Id"),
+            "document_type": CREDIT_NOTE if entity == VENDOR_CREDIT else "invoice",
             "vendor_name": (bill.get("VendorRef") or {}).get("name"),
             "vendor_id": (bill.get("VendorRef") or {}).get("value"),
             "invoice_number": bill.get("DocNumber"),
@@ -375,35 +415,50 @@ class QuickBooksConnector:
         }
 
     def find_bills(self, vendor_name: str, invoice_number: str) -> list[dict]:
-        found = self.query(f"select * from Bill where DocNumber = '{_q(invoice_number.strip())}'").get(
-            "Bill", []
-        )
+        """Bills and vendor credits (``document_type`` in each summary) of this vendor with this DocNumber."""
         key = normalize_key(vendor_name)
-        return [
-            self._summary(b) for b in found if normalize_key((b.get("VendorRef") or {}).get("name")) == key
-        ]
+        out = []
+        for entity in (BILL, VENDOR_CREDIT):
+            found = self.query(
+                f"select * from {entity} where DocNumber = '{_q(invoice_number.strip())}'"
+            ).get(entity, [])
+            out.extend(
+                self._summary(b, entity)
+                for b in found
+                if normalize_key((b.get("VendorRef") or {}).get("name")) == key
+            )
+        return out
 
     def find_bill(self, reference: str, *, bill: dict | None = None) -> str | None:
+        """The bill or vendor credit carrying our marker: searched by DocNumber (``bill=`` or what this connector
+        sent tells which entity), else by scanning both entities' recent transactions."""
         reference = reference.strip()
         hint = None
         if bill and bill.get("invoice_number"):
-            hint = (str(bill.get("vendor_name") or ""), str(bill["invoice_number"]))
+            try:
+                entity = VENDOR_CREDIT if document_type(bill) == CREDIT_NOTE else BILL
+            except ValueError:
+                entity = BILL
+            hint = (str(bill.get("vendor_name") or ""), str(bill["invoice_number"]), entity)
         hint = hint or self._posted.get(reference)
+        found: list[dict[str, Any]] = []
         if hint:
-            found = self.query(f"select * from Bill where DocNumber = '{_q(hint[1].strip())}'").get(
-                "Bill", []
+            found = self.query(f"select * from {hint[2]} where DocNumber = '{_q(hint[1].strip())}'").get(
+                hint[2], []
             )
         else:
             since = (datetime.now(UTC) - timedelta(days=self.lookback_days)).strftime("%Y-%m-%dT%H:%M:%S")
-            found, start = [], 1
-            while True:
-                page = self.query(
-                    f"select * from Bill where MetaData.CreateTime >= '{since}' STARTPOSITION {start} MAXRESULTS 1000"
-                ).get("Bill", [])
-                found.extend(page)
-                if len(page) < 1000:
-                    break
-                start += 1000
+            for entity in (BILL, VENDOR_CREDIT):
+                start = 1
+                while True:
+                    page = self.query(
+                        f"select * from {entity} where MetaData.CreateTime >= '{since}' "
+                        f"STARTPOSITION {start} MAXRESULTS 1000"
+                    ).get(entity, [])
+                    found.extend(page)
+                    if len(page) < 1000:
+                        break
+                    start += 1000
         for b in found:
             if b.get("PrivateNote") == f"{MARKER_PREFIX}{reference}":
                 return str(b["Id"])

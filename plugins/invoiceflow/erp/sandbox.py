@@ -13,6 +13,12 @@ token endpoints, per-tenant rate limits with 429, idempotency keys, Xero's ``sum
 compresses rate-limit windows, and ``GET /api/admin/ledger`` / ``GET /api/admin/stats`` show the ledger and the
 injected faults.
 
+Credit notes: every ledger row has a ``document_type`` (``invoice``/``credit_note``) and an ``entity`` (the dialect's
+credit document: Xero ``CreditNote`` from ``PUT /CreditNotes``, QuickBooks ``VendorCredit``; "" for bills). The
+native dialect takes the bill's ``document_type`` (amounts as sent: negative for a credit note), rejects unknown
+types and applies the vendor + number duplicate rule per document type; the Xero and QuickBooks dialects refuse a
+negative document total (both want a credit document with positive amounts instead).
+
 Run it with ``serve()`` (blocking) or, in tests and demos, ``with running_sandbox(db_path) as base_url: ...``.
 """
 
@@ -42,6 +48,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from invoiceflow.erp.base import document_type
 from invoiceflow.erp.sandbox_dialects import (
     MODES,
     DroppedResponse,
@@ -99,13 +106,17 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 _BILL_COLUMNS = (
     "id, vendor_name, invoice_number, invoice_date, due_date, currency, total_amount, line_items, reference, "
-    "batch_key, created_at, tenant, mode"
+    "batch_key, created_at, tenant, mode, document_type, entity"
 )
-# Columns added for the Xero / QuickBooks dialects (older ledger files are upgraded in place).
+# Columns added for the Xero / QuickBooks dialects and for credit notes (older ledger files are upgraded in place).
+# ``document_type`` is ``invoice`` or ``credit_note``; ``entity`` is the dialect's credit document ("CreditNote",
+# "VendorCredit") or "" for its bill entity (Xero Invoices, QuickBooks Bill) and native bills.
 _EXTRA_BILL_COLUMNS = {
     "tenant": "TEXT NOT NULL DEFAULT ''",
     "mode": "TEXT NOT NULL DEFAULT 'sandbox'",
     "remote_json": "TEXT",
+    "document_type": "TEXT NOT NULL DEFAULT 'invoice'",
+    "entity": "TEXT NOT NULL DEFAULT ''",
 }
 _CURRENCY_RE = re.compile(r"^[A-Za-z]{3}$")
 _WHITESPACE_RE = re.compile(r"\s+")
@@ -158,6 +169,11 @@ def _validate_bill(item: Any) -> tuple[dict[str, Any] | None, str | None]:
         return value.strip()
 
     reference = text("reference", True)
+    try:
+        doc_type = document_type(item)
+    except ValueError as exc:
+        errors.append(str(exc))
+        doc_type = None
     vendor_name = text("vendor_name", True)
     invoice_number = text("invoice_number", True)
     invoice_date = text("invoice_date", False)
@@ -210,6 +226,7 @@ def _validate_bill(item: Any) -> tuple[dict[str, Any] | None, str | None]:
         # Stored as a decimal literal in a NUMERIC column; SQLite keeps it as an exact INTEGER or a REAL.
         "total_amount": str(amount),
         "line_items": line_items,
+        "document_type": doc_type,
     }, None
 
 
@@ -338,11 +355,12 @@ class Ledger:
     @staticmethod
     def insert_bill(conn: sqlite3.Connection, seq: int, bill_id: str, **fields: Any) -> None:
         """Insert a dialect bill (``fields``: vendor_name, invoice_number, invoice_date, due_date, currency,
-        total_amount, line_items, reference, batch_key, tenant, mode, remote_json)."""
+        total_amount, line_items, reference, batch_key, tenant, mode, remote_json; ``document_type`` (invoice) and
+        ``entity`` ("" = the dialect's bill entity) for credit documents)."""
         conn.execute(
             "INSERT INTO bills (rowid, id, vendor_name, invoice_number, invoice_date, due_date, currency, "
             "total_amount, line_items, reference, vendor_key, number_key, batch_key, created_at, tenant, mode, "
-            "remote_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "remote_json, document_type, entity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 seq,
                 bill_id,
@@ -361,14 +379,18 @@ class Ledger:
                 fields.get("tenant") or "",
                 fields.get("mode") or "sandbox",
                 json.dumps(fields.get("remote_json"), default=str),
+                fields.get("document_type") or "invoice",
+                fields.get("entity") or "",
             ),
         )
 
-    def remote_bills(self, mode: str, tenant: str) -> list[dict[str, Any]]:
-        """The dialect representation of every bill of one tenant, in creation order."""
+    def remote_bills(self, mode: str, tenant: str, entity: str = "") -> list[dict[str, Any]]:
+        """The dialect representation of every bill of one tenant, in creation order; ``entity`` picks the credit
+        documents instead ("CreditNote", "VendorCredit")."""
         with self._session() as conn:
             rows = conn.execute(
-                "SELECT remote_json FROM bills WHERE mode = ? AND tenant = ? ORDER BY rowid", (mode, tenant)
+                "SELECT remote_json FROM bills WHERE mode = ? AND tenant = ? AND entity = ? ORDER BY rowid",
+                (mode, tenant, entity),
             ).fetchall()
         return [json.loads(r["remote_json"]) for r in rows if r["remote_json"]]
 
@@ -424,10 +446,12 @@ class Ledger:
 
         vendor_key = normalize_key(bill["vendor_name"])
         number_key = normalize_key(bill["invoice_number"])
+        # The duplicate rule: our marker, or the same vendor + number on a document of the same type (a supplier's
+        # credit note is another document than the invoice it may share a number with).
         existing = conn.execute(
-            "SELECT id FROM bills WHERE mode = 'sandbox' AND (reference = ? OR (vendor_key = ? AND number_key = ?)) "
-            "ORDER BY rowid LIMIT 1",
-            (bill["reference"], vendor_key, number_key),
+            "SELECT id FROM bills WHERE mode = 'sandbox' AND (reference = ? OR (vendor_key = ? AND number_key = ? "
+            "AND document_type = ?)) ORDER BY rowid LIMIT 1",
+            (bill["reference"], vendor_key, number_key, bill["document_type"]),
         ).fetchone()
         if existing is not None:
             return {"reference": reference, "status": "duplicate", "bill_id": existing["id"], "error": None}
@@ -436,8 +460,8 @@ class Ledger:
         bill_id = f"BILL-{seq:06d}"
         conn.execute(
             "INSERT INTO bills (rowid, id, vendor_name, invoice_number, invoice_date, due_date, currency, "
-            "total_amount, line_items, reference, vendor_key, number_key, batch_key, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "total_amount, line_items, reference, vendor_key, number_key, batch_key, created_at, document_type) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 seq,
                 bill_id,
@@ -453,6 +477,7 @@ class Ledger:
                 number_key,
                 batch_key,
                 _now(),
+                bill["document_type"],
             ),
         )
         return {"reference": reference, "status": "created", "bill_id": bill_id, "error": None}

@@ -244,8 +244,17 @@ _WHERE_CLAUSE = re.compile(r'^\s*([A-Za-z.]+)\s*(==|!=)\s*"((?:[^"\\]|\\.)*)"\s*
 
 
 def _where_matches(where: str | None, invoice: dict[str, Any]) -> bool:
+    """Xero's ``where``: ``Field=="value"`` / ``!=`` clauses joined by AND, alternatives joined by OR (AND binds
+    tighter, no parentheses)."""
     if not where:
         return True
+    return any(
+        _all_clauses_match(group, invoice)
+        for group in re.split(r"\s+OR\s+", where.strip(), flags=re.IGNORECASE)
+    )
+
+
+def _all_clauses_match(where: str, invoice: dict[str, Any]) -> bool:
     for clause in re.split(r"\s+AND\s+", where.strip(), flags=re.IGNORECASE):
         m = _WHERE_CLAUSE.match(clause)
         if not m:
@@ -369,12 +378,18 @@ def install_xero(
             [{"id": str(uuid.uuid5(_NS, "conn")), "tenantId": "sandbox-tenant", "tenantType": "ORGANISATION"}]
         )
 
-    def validate_invoice(conn: sqlite3.Connection, tenant: str, inv: Any) -> tuple[dict[str, Any], list[str]]:
+    def validate_invoice(
+        conn: sqlite3.Connection, tenant: str, inv: Any, credit: bool = False
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Validate an invoice (``PUT /Invoices``) or, with ``credit``, a credit note (``PUT /CreditNotes``: Type
+        ACCPAYCREDIT/ACCRECCREDIT, ``CreditNoteNumber``, no ``Url``, no due date required)."""
         errors: list[str] = []
         if not isinstance(inv, dict):
-            return {"_raw": inv}, ["Invoice must be an object"]
+            return {"_raw": inv}, [f"{'CreditNote' if credit else 'Invoice'} must be an object"]
         inv_type = inv.get("Type")
-        if inv_type not in ("ACCPAY", "ACCPAYCREDIT", "ACCREC", "ACCRECCREDIT"):
+        if credit and inv_type not in ("ACCPAYCREDIT", "ACCRECCREDIT"):
+            errors.append(f"Credit Note Type '{inv_type}' is not valid")
+        elif not credit and inv_type not in ("ACCPAY", "ACCPAYCREDIT", "ACCREC", "ACCRECCREDIT"):
             errors.append(f"Invoice Type '{inv_type}' is not valid")
         status = inv.get("Status", "DRAFT")
         if status not in ("DRAFT", "SUBMITTED", "AUTHORISED"):
@@ -392,18 +407,19 @@ def install_xero(
         for field in ("Date", "DueDate"):
             if inv.get(field) is not None and _iso_date(inv[field]) is None:
                 errors.append(f"{field} is not a valid date")
-        if status in ("SUBMITTED", "AUTHORISED") and not inv.get("DueDate"):
+        if not credit and status in ("SUBMITTED", "AUTHORISED") and not inv.get("DueDate"):
             errors.append("Due Date is required for invoices that are SUBMITTED or AUTHORISED")
         currency = inv.get("CurrencyCode")
         if currency is not None and not (
             isinstance(currency, str) and re.fullmatch(r"[A-Za-z]{3}", currency)
         ):
             errors.append(f"The currency code '{currency}' is not valid")
-        number = inv.get("InvoiceNumber")
+        number_field = "CreditNoteNumber" if credit else "InvoiceNumber"
+        number = inv.get(number_field)
         if number is not None and (not isinstance(number, str) or len(number) > 255):
-            errors.append("InvoiceNumber must be a string of at most 255 characters")
+            errors.append(f"{number_field} must be a string of at most 255 characters")
         url = inv.get("Url")
-        if url is not None and not (isinstance(url, str) and re.match(r"^https?://\S+$", url)):
+        if not credit and url is not None and not (isinstance(url, str) and re.match(r"^https?://\S+$", url)):
             errors.append("The Url is not valid")
         lines = inv.get("LineItems")
         subtotal = tax_total = Decimal(0)
@@ -450,6 +466,9 @@ def install_xero(
                 }
             )
         total = subtotal + (tax_total if inv.get("LineAmountTypes", "Exclusive") == "Exclusive" else 0)
+        if total < 0:
+            # A document's total is never negative: a supplier's credit is a credit note, with positive amounts.
+            errors.append(f"The {'credit note' if credit else 'invoice'} total cannot be negative")
         return {
             "contact": contact_row,
             "status": status,
@@ -459,7 +478,13 @@ def install_xero(
             "total": total,
         }, errors
 
-    def put_invoices_work(tenant: str, key: str | None, invoices: list[Any], summarize: bool) -> Callable:
+    def put_invoices_work(
+        tenant: str, key: str | None, invoices: list[Any], summarize: bool, credit: bool = False
+    ) -> Callable:
+        """Create invoices or, with ``credit``, credit notes (stored as ``entity`` "CreditNote", ``document_type``
+        credit_note, with Xero's positive amounts; a Xero credit note has no ``Url``, so no marker either)."""
+        collection = "CreditNotes" if credit else "Invoices"
+
         def work(conn: sqlite3.Connection) -> Any:
             from invoiceflow.erp.sandbox import StoredResponse
 
@@ -468,7 +493,7 @@ def install_xero(
             contacts: dict[str, dict[str, Any]] = {}  # by name, for this batch (one lookup per vendor)
             seq = ledger.next_seq(conn) - 1  # the batch holds the write lock: number its bills in order
             for inv in invoices:
-                checked, errors = validate_invoice(conn, tenant, inv)
+                checked, errors = validate_invoice(conn, tenant, inv, credit)
                 if errors:
                     echo = dict(inv) if isinstance(inv, dict) else {}
                     echo.update(
@@ -490,13 +515,8 @@ def install_xero(
                     )
                     contacts[name] = contact
                 seq += 1
-                invoice_id = str(uuid.uuid5(_NS, f"invoice:{seq}"))
-                remote = {
-                    "Type": inv["Type"],
-                    "InvoiceID": invoice_id,
-                    "InvoiceNumber": inv.get("InvoiceNumber") or "",
-                    "Reference": inv.get("Reference") or "",
-                    "Url": inv.get("Url"),
+                invoice_id = str(uuid.uuid5(_NS, f"{'credit-note' if credit else 'invoice'}:{seq}"))
+                common = {
                     "Contact": {"ContactID": contact["id"], "Name": contact["name"]},
                     "Date": _iso_date(inv.get("Date")) or date.today().isoformat(),
                     "DueDate": _iso_date(inv.get("DueDate")),
@@ -511,22 +531,44 @@ def install_xero(
                     "HasErrors": False,
                     "StatusAttributeString": "OK",
                 }
+                if credit:
+                    remote = {
+                        "Type": inv["Type"],
+                        "CreditNoteID": invoice_id,
+                        "CreditNoteNumber": inv.get("CreditNoteNumber") or "",
+                        "Reference": inv.get("Reference") or "",
+                        **common,
+                        "RemainingCredit": common["Total"],
+                    }
+                    number = remote["CreditNoteNumber"]
+                else:
+                    remote = {
+                        "Type": inv["Type"],
+                        "InvoiceID": invoice_id,
+                        "InvoiceNumber": inv.get("InvoiceNumber") or "",
+                        "Reference": inv.get("Reference") or "",
+                        "Url": inv.get("Url"),
+                        **common,
+                    }
+                    number = remote["InvoiceNumber"]
                 ledger.insert_bill(
                     conn,
                     seq,
                     invoice_id,
                     vendor_name=contact["name"],
-                    invoice_number=remote["InvoiceNumber"],
+                    invoice_number=number,
                     invoice_date=remote["Date"],
                     due_date=remote["DueDate"],
                     currency=remote["CurrencyCode"],
                     total_amount=checked["total"],
                     line_items=checked["lines"],
-                    reference=_marker_from_url(inv.get("Url") or ""),
+                    reference="" if credit else _marker_from_url(inv.get("Url") or ""),
                     batch_key=key,
                     tenant=tenant,
                     mode="xero",
                     remote_json=remote,
+                    document_type="credit_note" if str(inv["Type"]).endswith("CREDIT") else "invoice",
+                    entity="CreditNote" if credit else "",
                 )
                 results.append(remote)
             if failed and summarize:
@@ -547,7 +589,7 @@ def install_xero(
                     "Status": "OK",
                     "ProviderName": "invoiceflow sandbox",
                     "DateTimeUTC": _ms_date(),
-                    "Invoices": results,
+                    collection: results,
                 },
             )
 
@@ -555,7 +597,17 @@ def install_xero(
 
     @app.put("/api.xro/2.0/Invoices")
     async def put_invoices(request: Request) -> Response:
+        return await put_documents(request, credit=False)
+
+    @app.put("/api.xro/2.0/CreditNotes")
+    async def put_credit_notes(request: Request) -> Response:
+        return await put_documents(request, credit=True)
+
+    async def put_documents(request: Request, *, credit: bool) -> Response:
+        """``PUT /Invoices`` or ``PUT /CreditNotes`` (createCreditNotes: same Idempotency-Key, summarizeErrors)."""
         from invoiceflow.erp.sandbox import IdempotencyKeyReused
+
+        collection = "CreditNotes" if credit else "Invoices"
 
         async with api_call(request, inject_faults=True) as ctx:
             if isinstance(ctx, Response):
@@ -568,9 +620,11 @@ def install_xero(
                 body = json.loads(await request.body())
             except (ValueError, UnicodeDecodeError):
                 return xero_error(400, "The request body is not valid JSON", headers)
-            invoices = body.get("Invoices") if isinstance(body, dict) else None
+            invoices = body.get(collection) if isinstance(body, dict) else None
             if not isinstance(invoices, list) or not invoices:
-                return xero_error(400, 'Body must be {"Invoices": [...]} with at least one invoice', headers)
+                return xero_error(
+                    400, f'Body must be {{"{collection}": [...]}} with at least one item', headers
+                )
             summarize = request.query_params.get("summarizeErrors", "true").lower() != "false"
             scope_key = f"xero:{tenant}:{key}" if key else None
             material = {"q": summarize, "body": body}
@@ -579,7 +633,7 @@ def install_xero(
                     ledger.idempotent_write,
                     scope_key,
                     _json_hash(material),
-                    put_invoices_work(tenant, key, invoices, summarize),
+                    put_invoices_work(tenant, key, invoices, summarize, credit),
                 )
             except IdempotencyKeyReused:
                 return xero_error(422, "Idempotency-Key was already used with a different request", headers)
@@ -628,6 +682,39 @@ def install_xero(
             for inv in await run_in_threadpool(ledger.remote_bills, "xero", tenant):
                 if inv["InvoiceID"] == invoice_id:
                     return JSONResponse({"Status": "OK", "Invoices": [inv]}, headers=headers)
+            return xero_error(404, "The resource you're looking for cannot be found", headers)
+
+    @app.get("/api.xro/2.0/CreditNotes")
+    async def get_credit_notes(request: Request) -> Response:
+        """getCreditNotes: ``where`` (e.g. ``Type=="ACCPAYCREDIT" AND CreditNoteNumber=="CN-1"``, OR-able), ``page``."""
+        async with api_call(request, inject_faults=True) as ctx:
+            if isinstance(ctx, Response):
+                return ctx
+            tenant, headers = ctx
+            q = request.query_params
+            page = int(q.get("page", "1") or 1)
+            try:
+                items = [
+                    note
+                    for note in await run_in_threadpool(ledger.remote_bills, "xero", tenant, "CreditNote")
+                    if _where_matches(q.get("where"), note)
+                ]
+            except ValueError as exc:
+                return xero_error(400, str(exc), headers)
+            items = items[(page - 1) * 100 : page * 100]
+            return JSONResponse(
+                {"Status": "OK", "DateTimeUTC": _ms_date(), "CreditNotes": items}, headers=headers
+            )
+
+    @app.get("/api.xro/2.0/CreditNotes/{credit_note_id}")
+    async def get_credit_note(credit_note_id: str, request: Request) -> Response:
+        async with api_call(request) as ctx:
+            if isinstance(ctx, Response):
+                return ctx
+            tenant, headers = ctx
+            for note in await run_in_threadpool(ledger.remote_bills, "xero", tenant, "CreditNote"):
+                if note["CreditNoteID"] == credit_note_id:
+                    return JSONResponse({"Status": "OK", "CreditNotes": [note]}, headers=headers)
             return xero_error(404, "The resource you're looking for cannot be found", headers)
 
     @app.get("/api.xro/2.0/Contacts")
@@ -747,9 +834,9 @@ def qbo_query(query: str, entities: Mapping[str, list[dict[str, Any]]]) -> dict[
     if not m:
         raise ValueError(f"QueryParserError: cannot parse {query!r}")
     what, entity, where, start, maxres = m.groups()
-    rows = list(
-        entities.get(entity.capitalize() if entity.lower() != "bill" else "Bill", entities.get(entity, []))
-    )
+    # Entity names are case-insensitive ("vendorcredit" is VendorCredit); answers use the canonical name.
+    name = next((known for known in entities if known.lower() == entity.lower()), entity.capitalize())
+    rows = list(entities.get(name, []))
     for cond in re.split(r"\s+and\s+", where or "", flags=re.IGNORECASE) if where else []:
         c = _COND.match(cond)
         if not c:
@@ -779,7 +866,6 @@ def qbo_query(query: str, entities: Mapping[str, list[dict[str, Any]]]) -> dict[
     start_i = max(1, int(start or 1))
     max_i = min(1000, int(maxres or 100))
     page = rows[start_i - 1 : start_i - 1 + max_i]
-    name = "Bill" if entity.lower() == "bill" else entity.capitalize()
     return {name: page, "startPosition": start_i, "maxResults": len(page)} if page else {}
 
 
@@ -865,7 +951,13 @@ def install_quickbooks(
                 for c in ledger.contacts(f"qbo:{realm}")
             ]
 
-        return LazyEntities({"Bill": lambda: ledger.remote_bills("quickbooks", realm), "Vendor": vendors})
+        return LazyEntities(
+            {
+                "Bill": lambda: ledger.remote_bills("quickbooks", realm),
+                "VendorCredit": lambda: ledger.remote_bills("quickbooks", realm, "VendorCredit"),
+                "Vendor": vendors,
+            }
+        )
 
     def create_vendor(conn: sqlite3.Connection, realm: str, vendor: Any) -> dict[str, Any]:
         name = str((vendor or {}).get("DisplayName") or "").strip() if isinstance(vendor, dict) else ""
@@ -887,13 +979,17 @@ def install_quickbooks(
         row = ledger.insert_contact(conn, f"qbo:{realm}", str(1000 + seq), name)
         return {"Vendor": {"Id": row["id"], "DisplayName": name, "Active": True, "SyncToken": "0"}}
 
-    def create_bill(conn: sqlite3.Connection, realm: str, bill: Any, key: str | None) -> dict[str, Any]:
+    def create_bill(
+        conn: sqlite3.Connection, realm: str, bill: Any, key: str | None, entity: str = "Bill"
+    ) -> dict[str, Any]:
+        """Create a ``Bill`` or, with ``entity="VendorCredit"``, a vendor credit (same fields without ``DueDate``,
+        positive amounts; stored as ``document_type`` credit_note). The duplicate-number rule applies per entity."""
         if not isinstance(bill, dict):
             return _fault(
                 "2020",
                 "Required param missing, need to supply the required value for the API",
-                "Bill object is missing",
-                "Bill",
+                f"{entity} object is missing",
+                entity,
             )
         vendor_ref = bill.get("VendorRef") if isinstance(bill.get("VendorRef"), dict) else None
         if not vendor_ref or not vendor_ref.get("value"):
@@ -958,16 +1054,30 @@ def install_quickbooks(
         for field in ("TxnDate", "DueDate"):
             if bill.get(field) is not None and _iso_date(bill[field]) is None:
                 return _fault("2010", "Invalid Date", f"{field} is not a valid date", field)
+        if entity == "VendorCredit" and "DueDate" in bill:
+            return _fault(
+                "2010", "Request has invalid or unsupported property", "Property Name:DueDate", "DueDate"
+            )
+        if total < 0:
+            # QuickBooks takes a supplier's credit as a VendorCredit with positive amounts, never a negative bill.
+            return _fault(
+                "6000",
+                "A business validation error has occurred while processing your request",
+                f"Business Validation Error: The {entity} total cannot be negative",
+                "TotalAmt",
+            )
+        stored_entity = "" if entity == "Bill" else entity
         if options.qbo_duplicate_check and doc:
             dup = conn.execute(
-                "SELECT id FROM bills WHERE mode = 'quickbooks' AND tenant = ? AND vendor_key = ? AND number_key = ? LIMIT 1",
-                (realm, f"vendor:{vendor['id']}", str(doc).strip().casefold()),
+                "SELECT id FROM bills WHERE mode = 'quickbooks' AND tenant = ? AND entity = ? AND vendor_key = ? "
+                "AND number_key = ? LIMIT 1",
+                (realm, stored_entity, f"vendor:{vendor['id']}", str(doc).strip().casefold()),
             ).fetchone()
             if dup:
                 return _fault(
                     "6140",
                     "Duplicate Document Number Error",
-                    f"Duplicate Document Number Error : You must specify a different number. This number has already been used. DocNumber={doc} is assigned to TxnType=Bill with TxnId={dup['id']}",
+                    f"Duplicate Document Number Error : You must specify a different number. This number has already been used. DocNumber={doc} is assigned to TxnType={entity} with TxnId={dup['id']}",
                     "DocNumber",
                 )
         seq = ledger.next_seq(conn)
@@ -1002,13 +1112,15 @@ def install_quickbooks(
             tenant=realm,
             mode="quickbooks",
             remote_json=remote,
+            document_type="credit_note" if entity == "VendorCredit" else "invoice",
+            entity=stored_entity,
         )
         # The duplicate rule keys on the vendor id, not its name: store that in vendor_key.
         conn.execute(
             "UPDATE bills SET vendor_key = ?, number_key = ? WHERE id = ?",
             (f"vendor:{vendor['id']}", str(doc or "").strip().casefold(), bill_id),
         )
-        return {"Bill": remote}
+        return {entity: remote}
 
     @app.post("/v3/company/{realm}/batch")
     async def batch(realm: str, request: Request) -> Response:
@@ -1058,6 +1170,8 @@ def install_quickbooks(
                 op = str(item.get("operation", "")).lower()
                 if op == "create" and "Bill" in item:
                     result = create_bill(conn, realm, item["Bill"], requestid)
+                elif op == "create" and "VendorCredit" in item:
+                    result = create_bill(conn, realm, item["VendorCredit"], requestid, "VendorCredit")
                 elif op == "create" and "Vendor" in item:
                     result = create_vendor(conn, realm, item["Vendor"])
                 else:
@@ -1123,12 +1237,20 @@ def install_quickbooks(
 
     @app.get("/v3/company/{realm}/bill/{bill_id}")
     async def get_bill(realm: str, bill_id: str, request: Request) -> Response:
+        return await read_entity(realm, bill_id, request, "Bill")
+
+    @app.get("/v3/company/{realm}/vendorcredit/{credit_id}")
+    async def get_vendor_credit(realm: str, credit_id: str, request: Request) -> Response:
+        return await read_entity(realm, credit_id, request, "VendorCredit")
+
+    async def read_entity(realm: str, entity_id: str, request: Request, entity: str) -> Response:
         if (denied := guard(request, realm, False)) is not None:
             return denied
-        for bill in await run_in_threadpool(ledger.remote_bills, "quickbooks", realm):
-            if bill["Id"] == bill_id:
-                return JSONResponse({"Bill": bill, "time": now_iso()})
-        return JSONResponse(_fault("610", "Object Not Found", f"Bill {bill_id} not found"), 400)
+        stored_entity = "" if entity == "Bill" else entity
+        for row in await run_in_threadpool(ledger.remote_bills, "quickbooks", realm, stored_entity):
+            if row["Id"] == entity_id:
+                return JSONResponse({entity: row, "time": now_iso()})
+        return JSONResponse(_fault("610", "Object Not Found", f"{entity} {entity_id} not found"), 400)
 
 
 def install_admin(app: FastAPI, faults: Faults) -> None:

@@ -12,6 +12,12 @@ within ±60 days raises ``InvoiceSimilarWarning`` on validate/post. The connecto
 Other ``UserError`` answers are ``rejected`` (the draft is deleted). ``remote_id`` is the invoice id as a string.
 
 Tryton has no batch endpoint with partial success, so a batch is a loop of small calls (no rate limits here).
+
+Credit notes (``document_type`` credit_note): Tryton has no separate credit document; a supplier credit note is an
+``account.invoice`` of type ``in`` whose lines are all negative (its total negative), numbered from the fiscal
+year's supplier credit-note sequence when posted (``sequence_type`` credit_note). The connector writes it the way
+Tryton's own credit wizard does: negative quantities, positive unit prices (the tax line likewise), whichever sign
+the payload uses. The marker, the read-back and the duplicate warning work as for bills.
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from typing import Any
 import httpx
 
 from invoiceflow.erp.base import (
+    CREDIT_NOTE,
+    BillLine,
     BillOutcome,
     ErpAuthError,
     ErpError,
     ErpUnavailableError,
     bill_lines,
     check_batch,
+    credit_lines,
+    document_type,
     log_outcomes,
     logger,
     normalize_key,
@@ -275,30 +285,30 @@ class TrytonConnector:
             return BillOutcome(ref, "duplicate", existing, "Tryton already has this bill (our marker)")
         created: int | None = None
         try:
+            credit = document_type(bill) == CREDIT_NOTE
             setup = self._config()
             party = self._party(bill.get("vendor_name") or "")
             address = self.call("model.party.party.read", [party], ["addresses"])[0]["addresses"]
+            if credit:
+                # Credit amounts (positive) on negative quantities: Tryton's own way to write a credit note.
+                source, tax = credit_lines(bill)
+                sign = Decimal(-1)
+            else:
+                source, tax = bill_lines(bill), to_decimal(bill.get("tax_amount"))
+                sign = Decimal(1)
+            booked = [(setup["expense"], line) for line in source]
+            if tax:
+                booked.append((setup["tax_account"], BillLine("Tax", Decimal(1), tax, tax)))
             lines = [
                 {
                     "type": "line",
-                    "account": setup["expense"],
+                    "account": account,
                     "description": line.description,
-                    "quantity": float(line.quantity),
+                    "quantity": float(line.quantity * sign),
                     "unit_price": _decimal(line.unit_price.quantize(Decimal("0.0001"))),
                 }
-                for line in bill_lines(bill)
+                for account, line in booked
             ]
-            tax = to_decimal(bill.get("tax_amount"))
-            if tax:
-                lines.append(
-                    {
-                        "type": "line",
-                        "account": setup["tax_account"],
-                        "description": "Tax",
-                        "quantity": 1.0,
-                        "unit_price": _decimal(tax),
-                    }
-                )
             values = {
                 "type": "in",
                 "company": setup["company"],
@@ -371,6 +381,9 @@ class TrytonConnector:
             "vendor_name": _dotted(row, "party", "name"),
             "invoice_number": row.get("reference"),
             "reference": description[len(MARKER_PREFIX) :] if description.startswith(MARKER_PREFIX) else None,
+            "document_type": (
+                CREDIT_NOTE if (to_decimal(_plain(row.get("total_amount"))) or Decimal(0)) < 0 else "invoice"
+            ),
             "total_amount": _plain(row.get("total_amount")),
             "invoice_date": _plain(row.get("invoice_date")),
             "currency": _dotted(row, "currency", "code"),

@@ -7,6 +7,11 @@ with headers ``X-Invoiceflow-Event-Id`` (= ``reference``, stable across retries:
 f"{timestamp}.{body}")>``. Any 2xx is ``posted`` (``remote_id`` from a JSON ``id`` in the answer, else the event id);
 409 is ``duplicate``; other 4xx ``rejected``; no answer ``unknown``.
 
+``data.document_type`` is always ``invoice`` or ``credit_note`` (normalised; a bill without one is a credit note when
+its total is negative); a credit note's amounts are negative (the warehouse convention) and the event type stays
+``invoice.processed``, so receivers must branch on ``data.document_type``. A bill with an unknown document type is
+``rejected`` without being sent.
+
 Read-back: with ``status_url`` set, ``GET {status_url}/{reference}`` (200 = known, 404 = absent). Without it,
 :meth:`find_bill` answers ``None``: resending is safe *because* receivers must dedupe on the event id (the contract).
 """
@@ -27,6 +32,7 @@ from invoiceflow.erp.base import (
     ErpUnavailableError,
     backoff_delay,
     check_batch,
+    document_type,
     json_default,
     log_outcomes,
 )
@@ -106,11 +112,12 @@ class WebhookConnector:
         self._client.close()
 
     def event(self, bill: dict[str, Any]) -> dict[str, Any]:
+        """The event for one bill; raises ``ValueError`` for a document type no receiver can expect."""
         return {
             "id": bill["reference"].strip(),
             "type": EVENT_TYPE,
             "created": int(self._clock()),
-            "data": bill,
+            "data": {**bill, "document_type": document_type(bill)},
         }
 
     def post_bills(self, bills: list[dict], batch_key: str) -> list[BillOutcome]:
@@ -123,7 +130,11 @@ class WebhookConnector:
 
     def _deliver(self, bill: dict[str, Any]) -> BillOutcome:
         ref = bill["reference"].strip()
-        body = json.dumps(self.event(bill), default=json_default, separators=(",", ":")).encode()
+        try:
+            event = self.event(bill)
+        except ValueError as exc:
+            return BillOutcome(ref, "rejected", None, f"not sent: {exc}")
+        body = json.dumps(event, default=json_default, separators=(",", ":")).encode()
         last = "no attempt made"
         for attempt in range(1, self.max_retries + 2):
             timestamp = str(int(self._clock()))

@@ -12,18 +12,28 @@
   (``precheck_duplicates``; turn it off to halve the calls when the outbox already dedupes).
 - Contacts: a cached ``ContactID`` is used when :meth:`ensure_vendor` ran, otherwise ``Contact.Name`` (Xero
   matches or creates the contact by name).
+- Credit notes (``document_type`` credit_note) are never bills: they go to ``PUT {base}/api.xro/2.0/CreditNotes``
+  (createCreditNotes: same ``summarizeErrors=false`` and ``Idempotency-Key``, a key derived from the batch key) as
+  ``Type: ACCPAYCREDIT`` with the supplier's number in ``CreditNoteNumber`` and *positive* amounts (Xero's
+  convention; the payload's are negative). A Xero credit note has no ``Url`` (and ``Reference`` is kept for
+  ACCRECCREDIT only), so it carries no marker: the precheck and :meth:`find_bill` (given ``bill=``, or for a
+  reference this connector sent) find it by contact + ``CreditNoteNumber``, which the outbox keeps unique.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from invoiceflow.erp.base import (
+    CREDIT_NOTE,
+    INVOICE,
     Attempts,
+    BillLine,
     BillOutcome,
     ErpRateLimitedError,
     ErpRequestError,
@@ -34,7 +44,9 @@ from invoiceflow.erp.base import (
     bearer_request,
     bill_lines,
     check_batch,
+    credit_lines,
     derived_key,
+    document_type,
     dumps,
     error_message,
     json_client,
@@ -49,6 +61,22 @@ from invoiceflow.erp.base import (
 
 API = "/api.xro/2.0"
 DEFAULT_MARKER_URL = "https://invoiceflow.local/outbox/"
+CREDIT_NOTE_TYPE = "ACCPAYCREDIT"
+#: Credit-note numbers per read-back query (``where`` with OR; keeps the URL short).
+CREDIT_NOTE_NUMBERS_PER_QUERY = 20
+_LIVE = ("DRAFT", "SUBMITTED", "AUTHORISED", "PAID")
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where a document type is posted: the collection (path and body key) and the id field of its answers."""
+
+    collection: str
+    id_field: str
+
+
+INVOICES = _Endpoint("Invoices", "InvoiceID")
+CREDIT_NOTES = _Endpoint("CreditNotes", "CreditNoteID")
 
 
 def _quote(value: str) -> str:
@@ -108,6 +136,8 @@ class XeroConnector:
             clock=clock,
         )
         self._contacts: dict[str, str] = {}
+        #: Credit notes this connector sent, by reference: (vendor, number), so find_bill finds them without bill=.
+        self._credits_sent: dict[str, tuple[str, str]] = {}
 
     def __enter__(self) -> XeroConnector:
         return self
@@ -178,12 +208,11 @@ class XeroConnector:
         url = invoice.get("Url") or ""
         return url[len(self.marker_url) :] if url.startswith(self.marker_url) else None
 
-    def to_invoice(self, bill: dict[str, Any]) -> dict[str, Any]:
-        """Map an ``erp_payload()`` bill to a Xero ACCPAY invoice."""
+    def _contact(self, bill: dict[str, Any]) -> dict[str, str]:
         vendor = (bill.get("vendor_name") or "").strip()
-        contact = {"ContactID": self._contacts[vendor]} if vendor in self._contacts else {"Name": vendor}
-        lines = bill_lines(bill)
-        taxes = split_tax(lines, to_decimal(bill.get("tax_amount")))
+        return {"ContactID": self._contacts[vendor]} if vendor in self._contacts else {"Name": vendor}
+
+    def _line_items(self, lines: list[BillLine], taxes: list[Any]) -> list[dict[str, Any]]:
         items = []
         for line, tax in zip(lines, taxes, strict=True):
             item: dict[str, Any] = {
@@ -197,14 +226,20 @@ class XeroConnector:
                 item["TaxType"] = self.tax_type
                 item["TaxAmount"] = tax
             items.append(item)
+        return items
+
+    def to_invoice(self, bill: dict[str, Any]) -> dict[str, Any]:
+        """Map an ``erp_payload()`` bill to a Xero ACCPAY invoice."""
+        lines = bill_lines(bill)
+        taxes = split_tax(lines, to_decimal(bill.get("tax_amount")))
         invoice: dict[str, Any] = {
             "Type": "ACCPAY",
-            "Contact": contact,
+            "Contact": self._contact(bill),
             "InvoiceNumber": bill.get("invoice_number"),
             "Url": self.marker(bill["reference"].strip()),
             "Status": self.status,
             "LineAmountTypes": "Exclusive" if self.tax_type else "NoTax",
-            "LineItems": items,
+            "LineItems": self._line_items(lines, taxes),
         }
         for field, key in (("Date", "invoice_date"), ("DueDate", "due_date"), ("CurrencyCode", "currency")):
             if bill.get(key):
@@ -213,47 +248,114 @@ class XeroConnector:
             invoice["DueDate"] = invoice["Date"]  # Xero requires a due date for AUTHORISED bills
         return invoice
 
+    def to_credit_note(self, bill: dict[str, Any]) -> dict[str, Any]:
+        """Map an ``erp_payload()`` credit note to a Xero ACCPAYCREDIT credit note, amounts positive (Xero's sign
+        convention: the type says it is a credit; the payload's amounts are negative)."""
+        lines, tax = credit_lines(bill)
+        note: dict[str, Any] = {
+            "Type": CREDIT_NOTE_TYPE,
+            "Contact": self._contact(bill),
+            "CreditNoteNumber": bill.get("invoice_number"),
+            "Status": self.status,
+            "LineAmountTypes": "Exclusive" if self.tax_type else "NoTax",
+            "LineItems": self._line_items(lines, split_tax(lines, tax)),
+        }
+        for field, key in (("Date", "invoice_date"), ("CurrencyCode", "currency")):
+            if bill.get(key):
+                note[field] = str(bill[key])
+        return note
+
     @staticmethod
     def _summary(invoice: dict[str, Any], marker_url: str) -> dict[str, Any]:
         url = invoice.get("Url") or ""
+        credit = "CreditNoteID" in invoice
         return {
-            "id": invoice.get("InvoiceID"),
+            "id": invoice.get("CreditNoteID" if credit else "InvoiceID"),
+            "document_type": CREDIT_NOTE if credit else INVOICE,
             "vendor_name": (invoice.get("Contact") or {}).get("Name"),
             "contact_id": (invoice.get("Contact") or {}).get("ContactID"),
-            "invoice_number": invoice.get("InvoiceNumber"),
+            "invoice_number": invoice.get("CreditNoteNumber" if credit else "InvoiceNumber"),
             "reference": url[len(marker_url) :] if url.startswith(marker_url) else None,
             "total_amount": str(invoice.get("Total")) if invoice.get("Total") is not None else None,
             "currency": invoice.get("CurrencyCode"),
             "status": invoice.get("Status"),
         }
 
+    def _same_contact(self, sent: dict[str, Any], item: dict[str, Any]) -> bool:
+        sent_contact, contact = sent.get("Contact") or {}, item.get("Contact") or {}
+        if sent_contact.get("ContactID") and contact.get("ContactID"):
+            return sent_contact["ContactID"] == contact["ContactID"]
+        return normalize_key(sent_contact.get("Name")) == normalize_key(contact.get("Name"))
+
+    def _same(self, endpoint: _Endpoint, sent: dict[str, Any], item: dict[str, Any]) -> bool:
+        """Whether a response item is the document we sent: our marker for invoices; for credit notes (no marker)
+        the credit-note number and the contact."""
+        if endpoint is INVOICES:
+            return bool(item.get("Url")) and item.get("Url") == sent["Url"]
+        return normalize_key(item.get("CreditNoteNumber")) == normalize_key(
+            sent.get("CreditNoteNumber")
+        ) and self._same_contact(sent, item)
+
     # ------------------------------------------------------------------------------------------------ posting
 
     def post_bills(self, bills: list[dict], batch_key: str) -> list[BillOutcome]:
-        """PUT one batch; one outcome per bill in order (see :mod:`invoiceflow.erp.base` for the contract)."""
+        """PUT one batch; one outcome per bill in order (see :mod:`invoiceflow.erp.base` for the contract).
+
+        Invoices go to ``/Invoices`` and credit notes to ``/CreditNotes``: two requests when a batch holds both. An
+        exception from the second one would hide what the first applied, so it becomes ``unknown`` outcomes for its
+        documents instead (read back before anything is sent again).
+        """
         if not bills:
             return []
         references = check_batch(bills, batch_key, self.max_batch)
         outcomes: dict[int, BillOutcome] = {}
-        if self.precheck_duplicates:
-            outcomes.update(self._precheck(bills, references))
-        send = [i for i in range(len(bills)) if i not in outcomes]
-        attempts = 0
-        if send:
-            key = (
-                batch_key
-                if len(send) == len(bills)
-                else derived_key(batch_key, [references[i] for i in send], 128)
+        kinds: dict[int, str] = {}
+        for i, bill in enumerate(bills):
+            try:
+                kinds[i] = document_type(bill)
+            except ValueError as exc:
+                outcomes[i] = BillOutcome(references[i], "rejected", None, f"Xero: {exc}")
+        invoices = [i for i, kind in kinds.items() if kind == INVOICE]
+        credits = [i for i, kind in kinds.items() if kind == CREDIT_NOTE]
+        for i in credits:
+            bill = bills[i]
+            self._credits_sent[references[i]] = (
+                str(bill.get("vendor_name") or ""),
+                str(bill.get("invoice_number") or ""),
             )
-            body = {"Invoices": [self.to_invoice(bills[i]) for i in send]}
-            results, attempts = self._put_invoices(body, key, [references[i] for i in send])
+        if self.precheck_duplicates:
+            outcomes.update(self._precheck(bills, references, invoices))
+            outcomes.update(self._precheck_credits(bills, references, credits))
+        attempts = 0
+        applied = False
+        for endpoint, group in ((INVOICES, invoices), (CREDIT_NOTES, credits)):
+            send = [i for i in group if i not in outcomes]
+            if not send:
+                continue
+            refs = [references[i] for i in send]
+            if endpoint is INVOICES:
+                key = batch_key if len(send) == len(bills) else derived_key(batch_key, refs, 128)
+                docs = [self.to_invoice(bills[i]) for i in send]
+            else:
+                key = derived_key(batch_key, [endpoint.collection, *refs], 128)
+                docs = [self.to_credit_note(bills[i]) for i in send]
+            try:
+                results, tries = self._put(endpoint, {endpoint.collection: docs}, key, refs)
+            except (ErpRequestError, ErpRateLimitedError, ErpUnavailableError) as exc:
+                if not applied:
+                    raise
+                results, tries = [BillOutcome(r, "unknown", None, f"not confirmed: {exc}") for r in refs], 1
+            attempts += tries
+            applied = True
             outcomes.update(zip(send, results, strict=True))
         ordered = [outcomes[i] for i in range(len(bills))]
         log_outcomes(self.name, batch_key, ordered, attempts)
         return ordered
 
-    def _precheck(self, bills: list[dict], references: list[str]) -> dict[int, BillOutcome]:
-        numbers = sorted({str(b.get("invoice_number") or "").strip() for b in bills} - {""})
+    def _precheck(
+        self, bills: list[dict], references: list[str], indexes: list[int]
+    ) -> dict[int, BillOutcome]:
+        numbers = sorted({str(bills[i].get("invoice_number") or "").strip() for i in indexes} - {""})
         if not numbers:
             return {}
         found = (
@@ -277,7 +379,8 @@ class XeroConnector:
             name_key = normalize_key(contact.get("Name"))
             by_key.setdefault((name_key, normalize_key(inv.get("InvoiceNumber"))), inv["InvoiceID"])
         result: dict[int, BillOutcome] = {}
-        for i, (bill, ref) in enumerate(zip(bills, references, strict=True)):
+        for i in indexes:
+            bill, ref = bills[i], references[i]
             if ref in by_ref:
                 result[i] = BillOutcome(ref, "duplicate", by_ref[ref], None)
                 continue
@@ -288,8 +391,50 @@ class XeroConnector:
                 )
         return result
 
-    def _put_invoices(
-        self, body: dict[str, Any], key: str, references: list[str]
+    def _credit_notes(self, numbers: list[str]) -> list[dict[str, Any]]:
+        """Live ACCPAYCREDIT credit notes with one of these numbers (a few ``GET /CreditNotes`` with OR-ed
+        ``where`` clauses)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(numbers), CREDIT_NOTE_NUMBERS_PER_QUERY):
+            chunk = numbers[start : start + CREDIT_NOTE_NUMBERS_PER_QUERY]
+            where = " OR ".join(
+                f'Type=="{CREDIT_NOTE_TYPE}" AND CreditNoteNumber=="{_quote(n)}"' for n in chunk
+            )
+            notes = self._get(f"{API}/CreditNotes", {"where": where}).get("CreditNotes") or []
+            found.extend(
+                n
+                for n in notes
+                if isinstance(n, dict) and n.get("Type") == CREDIT_NOTE_TYPE and n.get("Status") in _LIVE
+            )
+        return found
+
+    def _precheck_credits(
+        self, bills: list[dict], references: list[str], indexes: list[int]
+    ) -> dict[int, BillOutcome]:
+        """Credit notes Xero already has (same contact + number): sent before with the answer lost, or keyed in."""
+        numbers = sorted({str(bills[i].get("invoice_number") or "").strip() for i in indexes} - {""})
+        if not numbers:
+            return {}
+        by_key: dict[tuple[str, str], str] = {}
+        for note in self._credit_notes(numbers):
+            contact = note.get("Contact") or {}
+            natural = (normalize_key(contact.get("Name")), normalize_key(note.get("CreditNoteNumber")))
+            by_key.setdefault(natural, note["CreditNoteID"])
+        result: dict[int, BillOutcome] = {}
+        for i in indexes:
+            bill = bills[i]
+            natural = (normalize_key(bill.get("vendor_name")), normalize_key(bill.get("invoice_number")))
+            if natural in by_key:
+                result[i] = BillOutcome(
+                    references[i],
+                    "duplicate",
+                    by_key[natural],
+                    "Xero already has a credit note with this contact and number",
+                )
+        return result
+
+    def _put(
+        self, endpoint: _Endpoint, body: dict[str, Any], key: str, references: list[str]
     ) -> tuple[list[BillOutcome], int]:
         content = dumps(body)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
@@ -300,7 +445,7 @@ class XeroConnector:
             try:
                 response = self._request(
                     "PUT",
-                    f"{API}/Invoices",
+                    f"{API}/{endpoint.collection}",
                     params={"summarizeErrors": "false"},
                     content=content,
                     headers=headers,
@@ -312,7 +457,7 @@ class XeroConnector:
                 if status >= 500:
                     raise RetryableResponse(f"HTTP {status}")
                 if status == 400:
-                    parsed = self._validation_exception(response, body, references)
+                    parsed = self._validation_exception(endpoint, response, body, references)
                     if parsed is not None:
                         return parsed, tries.count
                 raise_for_refusal(
@@ -322,12 +467,12 @@ class XeroConnector:
                 )
                 try:
                     payload = response.json()
-                    items = payload["Invoices"]
+                    items = payload[endpoint.collection]
                     if not isinstance(items, list):
-                        raise TypeError("Invoices is not a list")
+                        raise TypeError(f"{endpoint.collection} is not a list")
                 except (ValueError, KeyError, TypeError) as exc:
                     raise RetryableResponse(f"malformed 2xx response: {exc}") from exc
-                return self._map(items, body["Invoices"], references), tries.count
+                return self._map(endpoint, items, body[endpoint.collection], references), tries.count
             except ErpRateLimitedError:
                 if tries.sent:
                     break
@@ -344,38 +489,46 @@ class XeroConnector:
                 elif tries.count > self.max_retries:
                     break
                 delay = backoff_delay(max(tries.count, 1), self.backoff, retry_after)
-                logger.debug("xero PUT key=%s failed (%s); retrying in %.2fs", key, tries.last, delay)
+                logger.debug(
+                    "xero PUT %s key=%s failed (%s); retrying in %.2fs",
+                    endpoint.collection,
+                    key,
+                    tries.last,
+                    delay,
+                )
                 self._sleep(delay)
         return [
             BillOutcome(r, "unknown", None, f"no answer after {tries.count} attempts: {tries.last}")
             for r in references
         ], tries.count
 
-    def _map(self, items: list[Any], sent: list[dict[str, Any]], references: list[str]) -> list[BillOutcome]:
-        """Correlate by position, checked against our marker (then by marker anywhere): never trust order alone."""
-        by_marker: dict[str, dict[str, Any]] = {}
-        for item in items:
-            if isinstance(item, dict) and item.get("Url"):
-                by_marker.setdefault(item["Url"], item)
+    def _map(
+        self, endpoint: _Endpoint, items: list[Any], sent: list[dict[str, Any]], references: list[str]
+    ) -> list[BillOutcome]:
+        """Correlate by position, checked against our marker (credit notes: number + contact), then by that key
+        anywhere in the answer: never trust order alone."""
+        candidates = [item for item in items if isinstance(item, dict)]
         outcomes = []
-        for i, (invoice, ref) in enumerate(zip(sent, references, strict=True)):
+        for i, (doc, ref) in enumerate(zip(sent, references, strict=True)):
             item = items[i] if i < len(items) and isinstance(items[i], dict) else None
-            if item is None or item.get("Url") != invoice["Url"]:
-                item = by_marker.get(invoice["Url"])
+            if item is None or not self._same(endpoint, doc, item):
+                item = next((c for c in candidates if self._same(endpoint, doc, c)), None)
             if item is None:
                 outcomes.append(BillOutcome(ref, "unknown", None, "bill missing from Xero's response"))
                 continue
             errors = [e.get("Message", "") for e in item.get("ValidationErrors") or [] if isinstance(e, dict)]
             if item.get("HasErrors") or item.get("StatusAttributeString") == "ERROR" or errors:
                 outcomes.append(BillOutcome(ref, "rejected", None, "; ".join(errors) or "validation error"))
-            elif item.get("InvoiceID"):
-                outcomes.append(BillOutcome(ref, "posted", item["InvoiceID"], None))
+            elif item.get(endpoint.id_field):
+                outcomes.append(BillOutcome(ref, "posted", item[endpoint.id_field], None))
             else:
-                outcomes.append(BillOutcome(ref, "unknown", None, "no InvoiceID in Xero's response"))
+                outcomes.append(
+                    BillOutcome(ref, "unknown", None, f"no {endpoint.id_field} in Xero's response")
+                )
         return outcomes
 
     def _validation_exception(
-        self, response: httpx.Response, body: dict[str, Any], references: list[str]
+        self, endpoint: _Endpoint, response: httpx.Response, body: dict[str, Any], references: list[str]
     ) -> list[BillOutcome] | None:
         """The summarizeErrors trap: 400 lists the failed elements, the valid ones may have been created."""
         try:
@@ -384,15 +537,13 @@ class XeroConnector:
             return None
         if not isinstance(err, dict) or err.get("Type") != "ValidationException" or not err.get("Elements"):
             return None
-        failed = {}
-        for element in err["Elements"]:
-            if isinstance(element, dict) and element.get("Url"):
-                messages = [e.get("Message", "") for e in element.get("ValidationErrors") or []]
-                failed[element["Url"]] = "; ".join(messages) or "validation error"
+        elements = [e for e in err["Elements"] if isinstance(e, dict)]
         outcomes = []
-        for invoice, ref in zip(body["Invoices"], references, strict=True):
-            if invoice["Url"] in failed:
-                outcomes.append(BillOutcome(ref, "rejected", None, failed[invoice["Url"]]))
+        for doc, ref in zip(body[endpoint.collection], references, strict=True):
+            element = next((e for e in elements if self._same(endpoint, doc, e)), None)
+            if element is not None:
+                messages = [e.get("Message", "") for e in element.get("ValidationErrors") or []]
+                outcomes.append(BillOutcome(ref, "rejected", None, "; ".join(messages) or "validation error"))
             else:
                 outcomes.append(
                     BillOutcome(
@@ -407,11 +558,32 @@ class XeroConnector:
     # ------------------------------------------------------------------------------------------------ read-back
 
     def find_bill(self, reference: str, *, bill: dict | None = None) -> str | None:
+        """The bill with our marker; a credit note (``bill`` says so, or this connector sent it) by its contact and
+        number, as Xero credit notes hold no marker."""
+        reference = reference.strip()
+        credit = self._credits_sent.get(reference)
+        if bill is not None:
+            try:
+                kind = document_type(bill)
+            except ValueError:
+                kind = INVOICE
+            if kind == CREDIT_NOTE:
+                credit = (str(bill.get("vendor_name") or ""), str(bill.get("invoice_number") or ""))
+        if credit is not None:
+            vendor, number = (normalize_key(credit[0]), credit[1].strip())
+            if not number:
+                return None
+            for note in self._credit_notes([number]):
+                if normalize_key((note.get("Contact") or {}).get("Name")) == vendor and normalize_key(
+                    note.get("CreditNoteNumber")
+                ) == normalize_key(number):
+                    return note["CreditNoteID"]
+            return None
         found = (
             self._get(
                 f"{API}/Invoices",
                 {
-                    "where": f'Type=="ACCPAY" AND Url=="{_quote(self.marker(reference.strip()))}"',
+                    "where": f'Type=="ACCPAY" AND Url=="{_quote(self.marker(reference))}"',
                     "Statuses": "DRAFT,SUBMITTED,AUTHORISED,PAID",
                 },
             ).get("Invoices")
@@ -420,6 +592,7 @@ class XeroConnector:
         return found[0]["InvoiceID"] if found else None
 
     def find_bills(self, vendor_name: str, invoice_number: str) -> list[dict]:
+        """Bills and credit notes (``document_type`` in each summary) of this contact with this number."""
         found = (
             self._get(
                 f"{API}/Invoices",
@@ -427,12 +600,14 @@ class XeroConnector:
             ).get("Invoices")
             or []
         )
+        if invoice_number.strip():
+            found = [*found, *self._credit_notes([invoice_number.strip()])]
         key = normalize_key(vendor_name)
         return [
-            self._summary(inv, self.marker_url)
-            for inv in found
-            if normalize_key((inv.get("Contact") or {}).get("Name")) == key
-            and normalize_key(inv.get("InvoiceNumber")) == normalize_key(invoice_number)
+            summary
+            for summary in (self._summary(doc, self.marker_url) for doc in found)
+            if normalize_key(summary["vendor_name"]) == key
+            and normalize_key(summary["invoice_number"]) == normalize_key(invoice_number)
         ]
 
     def ensure_vendor(self, vendor_name: str) -> str:

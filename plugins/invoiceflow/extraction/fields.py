@@ -615,7 +615,9 @@ def extract_document(
     """Header values and line items per page, plus one document confidence.
 
     The confidence is the mean per-field confidence over the schema's header fields (0 for a field not
-    found), so a document whose totals add up scores higher than one where they were guessed.
+    found), so a document whose totals add up scores higher than one where they were guessed. Page 1 also gets
+    ``document_type``: ``credit_note`` when its title names a credit note (amounts then reported positive, see
+    :func:`_credit_note_signs`), else ``invoice``.
     """
     from .model import schema_fields
     from .tables import extract_line_items
@@ -633,12 +635,18 @@ def extract_document(
     totals = [i["line_total"] for items in items_per_page for i in items if i.get("line_total") is not None]
     line_sum = round(sum(totals), 2) if totals else None
     values, field_conf = extract_header_document(pages, line_sum)
-    if is_credit_note(pages):
+    credit_note = is_credit_note(pages)
+    if credit_note:
         _credit_note_signs(values, items_per_page)
+    if values:
+        # The document type is read from page 1's title (like is_credit_note); it carries the sign of the amounts.
+        values[0]["document_type"] = "credit_note" if credit_note else "invoice"
     per_page = list(zip(values, items_per_page, strict=True))
-    if not header_fields:
+    # The document type is always set (invoice by default), so it says nothing about how well the fields were read.
+    scored = [f for f in header_fields if f != "document_type"]
+    if not scored:
         return per_page, 0.0
-    confidence = round(sum(field_conf.get(f, 0.0) for f in header_fields) / len(header_fields), 3)
+    confidence = round(sum(field_conf.get(f, 0.0) for f in scored) / len(scored), 3)
     return per_page, confidence
 
 

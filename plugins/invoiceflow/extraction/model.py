@@ -15,6 +15,7 @@ SCHEMA_RELATIVE_PATH = Path("include") / "schemas" / "invoice.json"
 _FALLBACK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
+        "document_type": {"type": ["string", "null"], "enum": ["invoice", "credit_note", None]},
         "invoice_number": {"type": ["string", "null"]},
         "vendor_name": {"type": ["string", "null"]},
         "invoice_date": {"type": ["string", "null"], "format": "date"},
@@ -65,7 +66,10 @@ class ExtractionResult:
     source: str = "none"
 
     def merged(self) -> dict[str, Any]:
-        """Document-level view: first non-None value per field across pages, line items concatenated."""
+        """Document-level view: first non-None value per field across pages, line items concatenated.
+
+        ``document_type`` is ``credit_note`` if any page says so (a credit note stays one whichever page names it).
+        """
         if not self.pages:
             return {}
         out: dict[str, Any] = {}
@@ -74,7 +78,7 @@ class ExtractionResult:
                 if isinstance(value, list):
                     out.setdefault(key, [])
                     out[key].extend(value)
-                elif out.get(key) is None:
+                elif out.get(key) is None or (key == "document_type" and value == "credit_note"):
                     out[key] = value
         return out
 
