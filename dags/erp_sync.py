@@ -1,8 +1,9 @@
 """
 ### erp_sync
 
-Posts approved invoices to the ERP, exactly once. Scheduled on the `invoiceflow://warehouse/invoices` asset that
-`invoice_ingest` emits after a load.
+Posts approved invoices to the ERP, exactly once. Scheduled on either asset: `invoiceflow://warehouse/invoices`
+(`invoice_ingest` emits it after a load: auto-approved invoices) or `invoiceflow://warehouse/approved_invoices`
+(`invoice_review` emits it when a person approved invoices), so approvals are posted without waiting for a load.
 
 ERP connection: `erp_default`, any kind `connector_from_connection` knows (native sandbox, Xero, QuickBooks Online,
 Tryton, webhook, file export: see `invoiceflow/erp/connectors.py` for the fields).
@@ -36,7 +37,11 @@ def _connector():
 
 @dag(
     dag_id="erp_sync",
-    schedule=[Asset(name="invoices", uri=config.INVOICES_ASSET_URI)],
+    # either asset; the second is review.APPROVED_ASSET_URI, which invoice_review emits on approvals
+    schedule=(
+        Asset(name="invoices", uri=config.INVOICES_ASSET_URI)
+        | Asset(name="approved_invoices", uri="invoiceflow://warehouse/approved_invoices")
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -33,11 +33,15 @@ def test_dag_has_owner_retries_tags_and_docs(bag, dag_id: str) -> None:
 
 
 def test_erp_sync_is_scheduled_on_the_asset_the_ingest_dag_emits(bag) -> None:
+    """erp_sync runs after a load and after a reviewer approved something (either asset)."""
+    from invoiceflow import review
+
     ingest, sync = bag.dags.get("invoice_ingest"), bag.dags.get("erp_sync")
     emitted = {outlet.uri for task in ingest.tasks for outlet in task.outlets}
     scheduled = {asset.uri for asset in sync.timetable.asset_condition.objects}
     assert emitted == {"invoiceflow://warehouse/invoices"}
-    assert scheduled == emitted
+    assert scheduled == emitted | {review.APPROVED_ASSET_URI}
+    assert type(sync.timetable.asset_condition).__name__ == "AssetAny"
 
 
 def test_extraction_fans_out_over_batches_not_files(bag) -> None:

@@ -6,15 +6,19 @@ On Airflow 3.3 ``HITLOperator`` parks each mapped ``review_invoice`` task in ``a
 .../taskInstances/{task_id}/{map_index}/hitlDetails``: it stores the response and resumes the task), called directly
 with the metadata-database session, as the api-server would. The reviewer picks the decision from the request's
 subject, as a person in Required Actions would. The decisions must end in the warehouse: approved → ``approved`` with
-an ERP outbox row; rejected → ``rejected`` (document too), reason stored, nothing sent.
+an ERP outbox row and an ``approved_invoices`` asset event (``erp_sync`` is scheduled on it); rejected → ``rejected``
+(document too), reason stored, nothing sent. A request nobody answers is timed out by the scheduler's own sweep
+(``check_awaiting_input_timeouts``): it resolves to **Keep pending**, the run succeeds and nothing changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -118,6 +122,26 @@ def respond(
         )
 
 
+def time_out_waiting_tasks(dag_id: str) -> None:
+    """What the scheduler does once ``response_timeout`` has passed: its AWAITING_INPUT timeout sweep, run on the
+    waiting tasks with their deadline moved to the past."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    with create_session() as session:
+        session.execute(
+            sa.update(TaskInstance)
+            .where(TaskInstance.dag_id == dag_id, TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
+            .values(trigger_timeout=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    SchedulerJobRunner.check_awaiting_input_timeouts(SimpleNamespace(log=logging.getLogger("timeout-sweep")))
+
+
 def fail_waiting_tasks(dag_id: str) -> None:
     """Let a stuck ``dag.test()`` loop end: it runs until no task of its run is left unfinished."""
     from airflow.models.taskinstance import TaskInstance
@@ -134,7 +158,8 @@ def fail_waiting_tasks(dag_id: str) -> None:
 
 def run_with_reviewer(dag: Any, decide: Any) -> tuple[Any, list[str]]:
     """``dag.test()`` (main thread: the task runner installs signal handlers); a reviewer thread answers each request
-    with ``decide(subject)``; on an error or past the deadline it fails the waiting tasks, so ``dag.test()`` ends."""
+    with ``decide(subject)`` (``None``: no answer, the request times out); on an error or past the deadline it fails
+    the waiting tasks, so ``dag.test()`` ends."""
     answered: list[str] = []
     errors: list[BaseException] = []
     done = threading.Event()
@@ -146,13 +171,19 @@ def run_with_reviewer(dag: Any, decide: Any) -> tuple[Any, list[str]]:
                 if time.monotonic() > deadline:
                     errors.append(TimeoutError(f"dag.test() still running after {TIMEOUT}s"))
                     break
+                unanswered = False
                 for run_id, task_id, map_index, subject in awaiting_input(dag.dag_id):
-                    option, params = decide(subject)
-                    respond(dag.dag_id, run_id, task_id, map_index, option, params)
+                    answer = decide(subject)
+                    if answer is None:
+                        unanswered = True
+                        continue
+                    respond(dag.dag_id, run_id, task_id, map_index, *answer)
                     answered.append(subject)
+                if unanswered:
+                    time_out_waiting_tasks(dag.dag_id)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
-        if errors:
+        while errors and not done.wait(0.5):  # tasks may come back (retries): fail them until dag.test() ends
             fail_waiting_tasks(dag.dag_id)
 
     thread = threading.Thread(target=reviewer, name="reviewer", daemon=True)
@@ -183,6 +214,36 @@ def rows(engine: sa.Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
 
 
+def asset_events(run_id: str, uri: str) -> list[dict[str, Any]]:
+    """The asset events a run emitted for ``uri``."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        found = session.execute(
+            sa.select(AssetEvent.source_task_id, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetEvent.source_run_id == run_id, AssetModel.uri == uri)
+        ).all()
+        return [{"task_id": task_id, "extra": extra} for task_id, extra in found]
+
+
+def xcom(dag_run: Any, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        value = session.scalars(
+            sa.select(XComModel.value).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        ).one()
+        return XComModel.deserialize_value(SimpleNamespace(value=value))
+
+
 def test_approve_and_reject_decisions_flow_through_the_dag_into_the_warehouse(
     review_dag: Any, engine: sa.Engine
 ) -> None:
@@ -193,7 +254,6 @@ def test_approve_and_reject_decisions_flow_through_the_dag_into_the_warehouse(
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in dag_run.get_task_instances()}
     assert states == {
         ("plan_reviews", -1): "success",
-        ("subjects", -1): "success",
         ("review_invoice", 0): "success",
         ("review_invoice", 1): "success",
         ("apply_decision", 0): "success",
@@ -242,3 +302,51 @@ def test_approve_and_reject_decisions_flow_through_the_dag_into_the_warehouse(
     )
     assert rejected == {"action": "rejected", "changed_by": "alice", "comment": "sent twice by the supplier"}
     assert review.pending(engine) == []
+
+    # The approval emitted the asset erp_sync is scheduled on (once: the rejection emitted nothing).
+    assert asset_events(dag_run.run_id, review.APPROVED_ASSET_URI) == [
+        {"task_id": "apply_decision", "extra": {"document_sha256": APPROVE}}
+    ]
+    # XCom carries document hashes, not invoice texts; the request was read from the warehouse.
+    assert sorted(xcom(dag_run, "plan_reviews")) == [APPROVE, REJECT]
+
+
+def test_unanswered_requests_time_out_to_keep_pending_and_the_run_succeeds(
+    review_dag: Any, engine: sa.Engine
+) -> None:
+    dag_run, answered = run_with_reviewer(review_dag, lambda subject: None)
+
+    assert answered == []
+    assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in dag_run.get_task_instances()}
+    assert set(states.values()) == {"success"} and len(states) == 5
+    assert {r["document_sha256"]: r["review_status"] for r in review.pending(engine)} == {
+        APPROVE: "needs_review",
+        REJECT: "needs_review",
+    }
+    assert rows(engine, "SELECT * FROM invoice_versions") == []
+    assert rows(engine, "SELECT * FROM erp_outbox") == []
+    assert asset_events(dag_run.run_id, review.APPROVED_ASSET_URI) == []
+
+
+def test_schedule_matches_the_docs_and_approvals_schedule_erp_sync(review_dag: Any) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable
+
+    # asset-or-hourly, as the docs say
+    timetable = review_dag.timetable
+    assert isinstance(timetable, AssetOrTimeSchedule)
+    assert isinstance(timetable.timetable, CronTriggerTimetable)
+    assert timetable.timetable.expression == "0 * * * *"
+    assert timetable.asset_condition.uri == "invoiceflow://warehouse/invoices"
+    assert "hourly" in review_dag.doc_md and "Keep pending" in review_dag.doc_md
+    review_task = review_dag.get_task("review_invoice")
+    assert review_task.partial_kwargs["defaults"] == review.KEEP_PENDING
+    assert review.KEEP_PENDING in review_task.partial_kwargs["options"]
+    # the task applying decisions emits approvals through an alias; erp_sync runs on either asset
+    (alias,) = review_dag.get_task("apply_decision").outlets
+    assert isinstance(alias, AssetAlias)
+    sync = DagBag(dag_folder=str(REPO / "dags")).get_dag("erp_sync")
+    scheduled = {asset.uri for asset in sync.timetable.asset_condition.objects}
+    assert scheduled == {"invoiceflow://warehouse/invoices", review.APPROVED_ASSET_URI}
+    assert type(sync.timetable.asset_condition).__name__ == "AssetAny"

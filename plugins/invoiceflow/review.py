@@ -1,9 +1,14 @@
 """Human review of ``needs_review`` and ``blocked`` invoices: list, show, correct, approve, reject.
 
 Every action is stored in ``invoice_versions`` (who, when, what changed). Version 1 is the state the pipeline loaded;
-each correction adds a version. Approving puts the invoice into the ERP outbox in the same transaction (the same
-``_enqueue_outbox`` the load uses); a blocked hard duplicate cannot be approved until its number is corrected.
-Used by the ``invoice_review`` DAG (Airflow human-in-the-loop) and by ``invoiceflow review ...``.
+each correction adds a version. A correction runs validation again on the corrected invoice (vendor match, duplicate
+keys, issues) and stores what it derives, the new issues and the version in one transaction; the invoice stays
+waiting for a person (``needs_review``, or ``blocked`` if it still duplicates a live invoice).
+Approving puts the invoice into the ERP outbox in the same transaction (the same ``_enqueue_outbox`` the load uses);
+if it cannot be queued (another document holds its ERP idempotency key) approval fails and changes nothing; if this
+document is queued already, approving again queues nothing more. A blocked hard duplicate cannot be approved until
+its number is corrected. Used by the ``invoice_review`` DAG (Airflow human-in-the-loop) and by
+``invoiceflow review ...``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from invoiceflow import warehouse
-from invoiceflow.warehouse import HEADER_COLUMNS, LINE_COLUMNS
+from invoiceflow.warehouse import DERIVED_COLUMNS, HEADER_COLUMNS, LINE_COLUMNS
 
 PENDING = ("needs_review", warehouse.BLOCKED)
 APPROVED, REJECTED = "approved", "rejected"
 #: Header fields a reviewer may correct.
 EDITABLE = HEADER_COLUMNS
+#: The choices of the human-in-the-loop request; ``KEEP_PENDING`` is also what an unanswered request resolves to.
+APPROVE, CORRECT, REJECT, KEEP_PENDING = "Approve", "Correct", "Reject", "Keep pending"
+OPTIONS = (APPROVE, CORRECT, REJECT, KEEP_PENDING)
+#: The asset the ``invoice_review`` DAG emits when it approved invoices (``erp_sync`` is scheduled on it).
+APPROVED_ASSET_URI = "invoiceflow://warehouse/approved_invoices"
 
 
 class ReviewError(ValueError):
@@ -159,48 +169,98 @@ def _pending_row(conn: Connection, sha: str) -> dict[str, Any]:
 
 
 def correct(engine: Engine, ident: str, changes: dict[str, Any], by: str, comment: str | None = None) -> int:
-    """Store corrected header fields as a new version; returns the new version number."""
+    """Store corrected header fields as a new version, validated again; returns the new version number.
+
+    The corrected invoice goes through :func:`validation.validate` (warehouse vendors master and live invoices):
+    its normalised header, derived columns (vendor match, duplicate keys, ...), ``review_issues`` and
+    ``validation_issues`` rows are replaced in the same transaction as the new version. The version records every
+    header field whose stored value changed.
+    """
+    from invoiceflow import validation  # pandas and pandera: not at import (the DAG files import this module)
+
     if unknown := set(changes) - set(EDITABLE):
         raise ReviewError(f"cannot correct {sorted(unknown)}; editable: {', '.join(EDITABLE)}")
+    _, _, unreadable = validation.normalise(changes)
+    if unreadable:
+        reasons = "; ".join(validation.MESSAGES.get(code, code) for code in sorted(unreadable))
+        raise ReviewError(f"cannot store the correction: {reasons}")
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Serialise with loads (and other corrections), as loads do among themselves: the duplicate check below
+            # then sees every committed invoice, and none can take this vendor and number before this commits.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": warehouse._LOAD_LOCK})
         sha = resolve(conn, ident)
         row = _pending_row(conn, sha)
+        current = {k: _plain(row.get(k)) for k in HEADER_COLUMNS}
+        checked = _revalidate(conn, engine, sha, row, {**current, **changes})
         _ensure_first_version(conn, sha, row)
-        diff = {k: [_plain(row.get(k)), v] for k, v in changes.items() if _plain(row.get(k)) != v}
+        diff = {k: [current[k], checked.header[k]] for k in HEADER_COLUMNS if checked.header[k] != current[k]}
         if not diff:
             return int(row["version"])
-        new = {**row, **changes}
-        number_norm = warehouse.invoice_number_norm(new.get("invoice_number"))
-        duplicate_of = row["duplicate_of"]
-        status = row["review_status"]
-        if "invoice_number" in diff or "vendor_name" in diff:
-            clash = conn.execute(
-                sa.text(
-                    "SELECT document_sha256 FROM invoices WHERE vendor_key = :k AND invoice_number_norm = :n "
-                    "AND document_sha256 <> :s AND duplicate_of IS NULL AND review_status <> 'rejected'"
-                ),
-                {"k": row["vendor_key"], "n": number_norm, "s": sha},
-            ).scalar()
-            duplicate_of = clash
-            status = warehouse.BLOCKED if clash else "needs_review"
+        status = warehouse.BLOCKED if checked.review_status == warehouse.BLOCKED else warehouse.NEEDS_REVIEW
+        codes = [i["code"] for i in checked.issues]
         version = int(row["version"]) + 1
-        sets = ", ".join(f"{k} = :{k}" for k in changes)
+        columns = (*HEADER_COLUMNS, *DERIVED_COLUMNS)
         conn.execute(
             sa.text(
-                f"UPDATE invoices SET {sets}, invoice_number_norm = :number_norm, duplicate_of = :dup, "
-                "review_status = :status, version = :version WHERE document_sha256 = :sha"
+                f"UPDATE invoices SET {', '.join(f'{c} = :{c}' for c in columns)}, review_status = :status, "
+                "review_issues = :issues, version = :version WHERE document_sha256 = :sha"
             ),
             {
-                **changes,
-                "number_norm": number_norm,
-                "dup": duplicate_of,
+                **{c: checked.header[c] for c in HEADER_COLUMNS},
+                **{c: checked.derived.get(c) for c in DERIVED_COLUMNS},
                 "status": status,
+                "issues": json.dumps(codes),
                 "version": version,
                 "sha": sha,
             },
         )
-        _record(conn, sha, version, "corrected", by, diff, new, comment)
+        conn.execute(sa.text("DELETE FROM validation_issues WHERE document_sha256 = :s"), {"s": sha})
+        if checked.issues:
+            now = datetime.now(UTC)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO validation_issues (document_sha256, code, message, severity, detected_at) "
+                    "VALUES (:s, :code, :message, :severity, :at)"
+                ),
+                [
+                    {
+                        "s": sha,
+                        "code": i["code"],
+                        "message": i["message"],
+                        "severity": i.get("severity") or "review",
+                        "at": now,
+                    }
+                    for i in checked.issues
+                ],
+            )
+        _record(conn, sha, version, "corrected", by, diff, checked.header, comment)
         return version
+
+
+def _revalidate(
+    conn: Connection, engine: Engine, sha: str, row: dict[str, Any], header: dict[str, Any]
+) -> warehouse.ValidatedInvoice:
+    """Validation of the stored invoice with ``header`` as its header (line items as stored).
+
+    What validation reads beside the header comes from the extraction if it was kept (the printed document type,
+    VAT id and IBAN), else from what the load stored.
+    """
+    from invoiceflow import validation
+
+    merged: dict[str, Any] = {
+        "document_type": row.get("document_type"),
+        "vendor_vat_id": row.get("vendor_vat_id"),
+        "vendor_iban": row.get("vendor_iban"),
+    }
+    raw = conn.execute(
+        sa.text("SELECT merged_invoice FROM raw_extraction_results WHERE document_sha256 = :s"), {"s": sha}
+    ).scalar()
+    if raw:
+        merged = json.loads(raw)
+    merged = {**merged, **header, "line_items": _lines(conn, sha)}
+    (checked,) = validation.validate({sha: merged}, engine=engine)
+    return checked
 
 
 def approve(engine: Engine, ident: str, by: str, comment: str | None = None) -> dict[str, Any]:
@@ -226,7 +286,28 @@ def approve(engine: Engine, ident: str, by: str, comment: str | None = None) -> 
         warehouse.set_document_status(conn, sha, warehouse.LOADED, f"approved by {by}")
         header = {k: _plain(row.get(k)) for k in HEADER_COLUMNS}
         queued = warehouse._enqueue_outbox(conn, warehouse.ValidatedInvoice(sha, header, _lines(conn, sha)))
+        if not queued:
+            _check_already_queued(conn, sha, header)  # raises (rolling everything back) unless it is this one
         return {"document_sha256": sha, "status": APPROVED, "outbox": queued, "version": int(row["version"])}
+
+
+def _check_already_queued(conn: Connection, sha: str, header: dict[str, Any]) -> None:
+    """The outbox insert found a row already: fine if it is this document's, else the invoice cannot be sent."""
+    key = warehouse.idempotency_key(header["vendor_name"], header["invoice_number"])
+    holders = conn.execute(
+        sa.text(
+            "SELECT document_sha256, status FROM erp_outbox WHERE document_sha256 = :s OR idempotency_key = :k"
+        ),
+        {"s": sha, "k": key},
+    ).all()
+    if any(h.document_sha256 == sha for h in holders):
+        return
+    other = ", ".join(f"{h.document_sha256[:12]} ({h.status})" for h in holders) or "another document"
+    raise ReviewError(
+        f"invoice {sha[:12]} cannot be queued for the ERP: {other} is queued under the same ERP key {key} "
+        "(same vendor name and invoice number); nothing was changed: reject it as a duplicate or correct its "
+        "number or vendor name"
+    )
 
 
 def reject(engine: Engine, ident: str, by: str, reason: str) -> dict[str, Any]:
@@ -247,20 +328,39 @@ def reject(engine: Engine, ident: str, by: str, reason: str) -> dict[str, Any]:
 
 
 def apply_decision(engine: Engine, sha: str, decision: dict[str, Any]) -> dict[str, Any]:
-    """Apply a human-in-the-loop response (``chosen_options``, ``params_input``, ``responded_by_user``)."""
-    option = (decision.get("chosen_options") or ["Reject"])[0]
+    """Apply a human-in-the-loop response (``chosen_options``, ``params_input``, ``responded_by_user``).
+
+    ``Keep pending`` (also what an unanswered request resolves to) changes nothing.
+    """
+    option = (decision.get("chosen_options") or [KEEP_PENDING])[0]
+    if option not in OPTIONS:
+        raise ReviewError(f"unknown review option {option!r}; expected one of {', '.join(OPTIONS)}")
+    if option == KEEP_PENDING:
+        with engine.connect() as conn:
+            row = _header(conn, sha)
+        return {"document_sha256": sha, "status": row["review_status"], "version": int(row["version"])}
     params = decision.get("params_input") or {}
     user = decision.get("responded_by_user") or {}
     by = user.get("name") or user.get("id") or "airflow"
     changes = {k: v for k, v in params.items() if k in EDITABLE and v not in (None, "")}
     comment = params.get("comment") or None
-    if option == "Reject":
+    if option == REJECT:
         return reject(engine, sha, by, comment or "rejected in Airflow")
     if changes:
         correct(engine, sha, changes, by, comment)
-    if option == "Approve":
+    if option == APPROVE:
         return approve(engine, sha, by, comment)
     return {"document_sha256": sha, "status": "corrected", "version": show(engine, sha)["version"]}
 
 
-__all__ = ["ReviewError", "apply_decision", "approve", "correct", "pending", "reject", "show"]
+__all__ = [
+    "APPROVED_ASSET_URI",
+    "OPTIONS",
+    "ReviewError",
+    "apply_decision",
+    "approve",
+    "correct",
+    "pending",
+    "reject",
+    "show",
+]
