@@ -338,3 +338,128 @@ def test_clean_values_never_reach_the_printed_value_parsers(monkeypatch: pytest.
         monkeypatch.setattr(validation, name, refuse)
     (result,) = validate({"doc": invoice(subtotal="100.00", tax_amount=Decimal("19"), currency=" EUR ")})
     assert result.issues == []
+
+
+# ------------------------------------------------------------------------------------------------ issue messages
+
+
+def messages_of(merged: dict[str, Any]) -> dict[str, str]:
+    (result,) = validate({"doc": merged})
+    return {i["code"]: i["message"] for i in result.issues}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "message"),
+    [
+        (
+            {"subtotal": 120.0, "total_amount": 139.0},
+            "line_items_do_not_match_subtotal",
+            "The line totals do not add up to the subtotal: lines 100.00, subtotal 120.00 (difference 20.00).",
+        ),
+        (
+            {"subtotal": None, "tax_amount": None, "total_amount": 90.0},
+            "line_items_do_not_match_total",
+            "The line totals do not add up to the total (no subtotal printed): "
+            "lines 100.00, total 90.00 (difference 10.00).",
+        ),
+        (
+            {"total_amount": 120.0},
+            "subtotal_plus_tax_does_not_match_total",
+            "Subtotal plus tax does not equal the total: 100.00 + 19.00 = 119.00, total 120.00.",
+        ),
+        (
+            {"currency": "JPY", "subtotal": 100, "tax_amount": 19, "total_amount": 120},
+            "subtotal_plus_tax_does_not_match_total",
+            "Subtotal plus tax does not equal the total: 100 + 19 = 119, total 120.",
+        ),
+        (
+            {"tax_amount": 50.0, "total_amount": 150.0},
+            "implausible_tax_rate",
+            "Tax divided by subtotal is not a plausible tax rate: "
+            "tax 50.00 / subtotal 100.00 = 50.0% (plausible 0% to 30%).",
+        ),
+        (
+            {"due_date": "2026-02-01"},
+            "due_date_before_invoice_date",
+            "The due date is before the invoice date: due date 2026-02-01, invoice date 2026-03-01.",
+        ),
+        (
+            {"currency": "XYZ"},
+            "unknown_currency",
+            "The currency is not in the ISO 4217 list: currency 'XYZ'.",
+        ),
+        (
+            {"currency": " euro "},
+            "invalid_currency",
+            "The currency is not a three-letter code: currency 'euro'.",
+        ),
+        (
+            {"due_date": "2026-02-30"},
+            "invalid_date",
+            "A date could not be parsed as a calendar date: due date '2026-02-30'.",
+        ),
+        (
+            {"invoice_date": "03/01/2026"},
+            "ambiguous_date",
+            "A date reads as two different days (03/01/2024: day or month first?): invoice date '03/01/2026'.",
+        ),
+        ({"total_amount": "a lot"}, "invalid_amount", "An amount is not a number: total amount 'a lot'."),
+        (
+            {
+                "total_amount": "1.190",
+                "line_items": [
+                    {"description": "Paper", "quantity": 1, "unit_price": "1,000", "line_total": 100.0}
+                ],
+            },
+            "ambiguous_amount",
+            "An amount reads as two different numbers (1.234: thousands or decimals?): "
+            "total amount '1.190', line 1 unit price '1,000'.",
+        ),
+    ],
+)
+def test_issue_message_names_the_values_that_failed(
+    overrides: dict[str, Any], code: str, message: str
+) -> None:
+    assert messages_of(invoice(**overrides))[code] == message
+
+
+def test_date_messages_name_the_dates_and_the_limit() -> None:
+    future = (date.today() + timedelta(days=400)).isoformat()
+    latest = (date.today() + timedelta(days=validation.future_days())).isoformat()
+    assert messages_of(invoice(invoice_date=future, due_date=None))["invoice_date_in_future"] == (
+        f"The invoice date lies in the future: invoice date {future}, latest plausible {latest}."
+    )
+    old = messages_of(invoice(invoice_date="1970-01-01"))["invoice_date_implausibly_old"]
+    assert old == (
+        "The invoice date is implausibly old: invoice date 1970-01-01, "
+        f"oldest plausible {validation.oldest_plausible().isoformat()}."
+    )
+
+
+def test_duplicate_messages_name_the_other_document() -> None:
+    first, second, third = "a" * 64, "b" * 64, "c" * 64
+    results = validate(
+        {
+            first: invoice(),
+            second: invoice(),  # same vendor and number: hard duplicate
+            third: invoice(invoice_number="INV-2", invoice_date="2026-03-03"),  # same amount, days apart
+        }
+    )
+    by_sha = {r.document_sha256: {i["code"]: i["message"] for i in r.issues} for r in results}
+    assert by_sha[first] == {}
+    assert (
+        by_sha[second][validation.DUPLICATE_ISSUE]
+        == f"{MESSAGES[validation.DUPLICATE_ISSUE][:-1]}: document aaaaaaaaaaaa."
+    )
+    assert (
+        by_sha[third]["possible_duplicate"]
+        == f"{MESSAGES['possible_duplicate'][:-1]}: document aaaaaaaaaaaa."
+    )
+
+
+def test_codes_without_values_keep_the_generic_message() -> None:
+    messages = messages_of(invoice(invoice_number=None, vendor_name=None))
+    assert messages == {
+        "missing_invoice_number": MESSAGES["missing_invoice_number"],
+        "missing_vendor_name": MESSAGES["missing_vendor_name"],
+    }

@@ -580,6 +580,117 @@ def _find_duplicates(rows: list[dict[str, Any]], existing: list[dict[str, Any]])
             remember(sha, vkey, num, cents, row["currency"], day)
 
 
+# --------------------------------------------------------------------------------------------------- messages
+
+#: Printed fields whose raw value can explain an issue of ``normalise`` (key in the merged invoice, label).
+_PRINTED_DATES = (("invoice_date", "invoice date"), ("due_date", "due date"))
+_PRINTED_AMOUNTS = (("subtotal", "subtotal"), ("tax_amount", "tax amount"), ("total_amount", "total amount"))
+_LINE_AMOUNTS = (("quantity", "quantity"), ("unit_price", "unit price"), ("line_total", "line total"))
+
+
+def _money(value: float, currency: str | None) -> str:
+    return f"{value:.{minor_units(currency)}f}"
+
+
+def _printed(value: Any) -> str:
+    return repr(value.strip() if type(value) is str else value)
+
+
+def _printed_values(code: str, merged: Mapping[str, Any]) -> str | None:
+    """The printed values behind a ``normalise`` issue: each re-read alone, to see which one raised ``code``."""
+
+    def raises(reader: Any, value: Any) -> bool:
+        found: set[str] = set()
+        reader(value, found)
+        return code in found
+
+    if code in ("invalid_date", "ambiguous_date"):
+        parts = [
+            f"{label} {_printed(merged.get(key))}"
+            for key, label in _PRINTED_DATES
+            if raises(_iso_date, merged.get(key))
+        ]
+    else:  # amounts
+        parts = [
+            f"{label} {_printed(merged.get(key))}"
+            for key, label in _PRINTED_AMOUNTS
+            if raises(_amount, merged.get(key))
+        ]
+        for n, item in enumerate(merged.get("line_items") or [], start=1):
+            if isinstance(item, Mapping):
+                parts += [
+                    f"line {n} {label} {_printed(item.get(key))}"
+                    for key, label in _LINE_AMOUNTS
+                    if raises(_amount, item.get(key))
+                ]
+    return ", ".join(parts) or None
+
+
+def _issue_values(code: str, row: Mapping[str, Any], merged: Mapping[str, Any]) -> str | None:
+    """The document's values that explain issue ``code`` (``None``: nothing useful, the generic message stays)."""
+    cur = row.get("currency")
+    if code in ("line_items_do_not_match_subtotal", "line_items_do_not_match_total"):
+        lines = row.get("line_total_sum")
+        key, label = ("subtotal", "subtotal") if code.endswith("subtotal") else ("total_amount", "total")
+        other = row.get(key)
+        if lines is None or other is None:
+            return None
+        return (
+            f"lines {_money(lines, cur)}, {label} {_money(other, cur)} "
+            f"(difference {_money(abs(other - lines), cur)})"
+        )
+    if code == "subtotal_plus_tax_does_not_match_total":
+        sub, tax, total = row.get("subtotal"), row.get("tax_amount"), row.get("total_amount")
+        if sub is None or tax is None or total is None:
+            return None
+        return (
+            f"{_money(sub, cur)} + {_money(tax, cur)} = {_money(sub + tax, cur)}, total {_money(total, cur)}"
+        )
+    if code == "implausible_tax_rate":
+        sub, tax = row.get("subtotal"), row.get("tax_amount")
+        if not sub or tax is None:
+            return None
+        return (
+            f"tax {_money(tax, cur)} / subtotal {_money(sub, cur)} = {tax / sub:.1%} "
+            f"(plausible 0% to {max_tax_rate():.0%})"
+        )
+    if code == "invoice_date_in_future":
+        latest = date.today() + timedelta(days=future_days())
+        return f"invoice date {row.get('invoice_date')}, latest plausible {latest.isoformat()}"
+    if code == "invoice_date_implausibly_old":
+        return f"invoice date {row.get('invoice_date')}, oldest plausible {oldest_plausible().isoformat()}"
+    if code == "due_date_before_invoice_date":
+        return f"due date {row.get('due_date')}, invoice date {row.get('invoice_date')}"
+    if code == "unknown_currency":
+        return f"currency {_printed(cur)}" if cur else None
+    if code == "invalid_currency":
+        printed = merged.get("currency")
+        return f"currency {_printed(printed)}" if printed not in (None, "") else None
+    if code in ("invalid_date", "ambiguous_date", "invalid_amount", "ambiguous_amount"):
+        return _printed_values(code, merged)
+    if code in (DUPLICATE_ISSUE, "possible_duplicate"):
+        other = row.get("duplicate_of" if code == DUPLICATE_ISSUE else "soft_duplicate_of")
+        return f"document {str(other)[:12]}" if other else None
+    if code == "invalid_vat_id":
+        return f"VAT id {row['vendor_vat_id']}" if row.get("vendor_vat_id") else None
+    if code == "invalid_iban":
+        return f"IBAN {row['vendor_iban']}" if row.get("vendor_iban") else None
+    return None
+
+
+def issue_message(code: str, row: Mapping[str, Any], merged: Mapping[str, Any]) -> str:
+    """``MESSAGES[code]`` plus the values of this document that explain it ("...: lines 100.00, subtotal 120.00").
+
+    Called only for issues that exist; a value it cannot format leaves the generic message (never a lost batch).
+    """
+    generic = MESSAGES[code]
+    try:
+        values = _issue_values(code, row, merged)
+    except (TypeError, ValueError, ArithmeticError):
+        return generic
+    return f"{generic.removesuffix('.')}: {values}." if values else generic
+
+
 # --------------------------------------------------------------------------------------------------- validate
 
 
@@ -641,7 +752,11 @@ def _validate(
     results = []
     for row, (sha, (header, lines, _)) in zip(rows, prepared.items(), strict=True):
         issues = [
-            {"code": code, "message": MESSAGES[code], "severity": BLOCKED if code in BLOCKING else "review"}
+            {
+                "code": code,
+                "message": issue_message(code, row, invoices[sha]),
+                "severity": BLOCKED if code in BLOCKING else "review",
+            }
             for code in sorted(found[sha])
         ]
         derived = {k: row[k] for k in DERIVED_COLUMNS}
