@@ -89,6 +89,8 @@ def test_duplicate_guard_holds_when_validation_did_not_see_the_original(engine: 
     assert stale[0].review_status == "auto_approved"
     counts = warehouse.load_batch(engine, "2", stale)
     assert counts["blocked"] == 1 and counts["outbox"] == 0
+    (message,) = rows(engine, "SELECT message FROM validation_issues WHERE code = 'duplicate_invoice'")
+    assert message["message"].endswith(f": document {a[:12]}.")
 
 
 def test_soft_duplicate_goes_to_review(engine: sa.Engine) -> None:

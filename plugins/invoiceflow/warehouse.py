@@ -622,7 +622,9 @@ def _derived(inv: ValidatedInvoice) -> dict[str, Any]:
 
 def _mark_duplicate(inv: ValidatedInvoice, original: str) -> ValidatedInvoice:
     issues = [i for i in inv.issues if i["code"] != DUPLICATE_ISSUE]
-    issues.append({"code": DUPLICATE_ISSUE, "message": _DUPLICATE_MESSAGE, "severity": BLOCKED})
+    # the same text validation gives the issue when it sees the original itself (validation.issue_message)
+    message = f"{_DUPLICATE_MESSAGE.removesuffix('.')}: document {original[:12]}."
+    issues.append({"code": DUPLICATE_ISSUE, "message": message, "severity": BLOCKED})
     return replace(
         inv,
         issues=sorted(issues, key=lambda i: i["code"]),
