@@ -385,3 +385,20 @@ def test_postgres_views_count_days_and_months_in_utc(postgres_url: str) -> None:
         conn.exec_driver_sql("SET LOCAL TimeZone = 'Pacific/Kiritimati'")  # UTC+14: already April 1st there
         assert conn.exec_driver_sql("SELECT day FROM credits_usage").scalar() == "2026-03-31"
         assert conn.exec_driver_sql("SELECT month FROM extraction_quality").scalar() == "2026-03"
+
+
+def test_amounts_keep_their_currency_decimals(engine: sa.Engine) -> None:
+    """A Kuwaiti dinar has 1000 fils: 12.345 KWD is stored as 12.345, not rounded to cents."""
+    sha = "k" * 64
+    invoice = {
+        **merged("KW-1"),
+        "currency": "KWD",
+        "subtotal": 10.5,
+        "tax_amount": 1.845,
+        "total_amount": 12.345,
+    }
+    invoice["line_items"] = [{"description": "x", "quantity": 1, "line_total": 10.5}]
+    load(engine, "1", {sha: invoice})
+    (got,) = rows(engine, "SELECT tax_amount, total_amount, review_status FROM invoices")
+    assert Decimal(str(got["total_amount"])) == Decimal("12.345")
+    assert Decimal(str(got["tax_amount"])) == Decimal("1.845")
