@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from pandera.typing import Series
 from sqlalchemy.engine import Engine
 
+from invoiceflow.document_types import CREDIT_NOTE, printed_document_type
 from invoiceflow.extraction.values import CURRENCY_SYMBOLS, parse_amount, parse_date, parse_number
 from invoiceflow.vendors import VendorMaster, load_master, name_key
 from invoiceflow.warehouse import (
@@ -122,8 +123,6 @@ _SYMBOL_CURRENCIES = {symbol.casefold(): code for symbol, code in CURRENCY_SYMBO
 _PLAIN_AMOUNT = re.compile(r"-?\d+(?:\.\d{1,2})?")
 #: One separator before exactly three digits ("1.234", "€ 12,500"): thousands or decimals, nothing tells which.
 _AMBIGUOUS_AMOUNT = re.compile(r"\D*[1-9]\d{0,2}[.,]\d{3}\D*")
-#: Printed document types of a credit note once spaces, "_" and "-" are dropped (381: EN 16931 / UNTDID 1001).
-_CREDIT_NOTE_TYPES = frozenset({"creditnote", "381"})
 
 
 def minor_units(currency: str | None) -> int:
@@ -459,12 +458,9 @@ def _extras(merged: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, A
 
 
 def _is_credit_note(printed_type: Any, total: float | None) -> bool:
-    """Typed a credit note ("credit_note", "Credit Note", "CreditNote", "381"), or an invoice with a negative total."""
-    if printed_type:
-        key = "".join(str(printed_type).split()).replace("_", "").replace("-", "").casefold()
-        if key in _CREDIT_NOTE_TYPES:
-            return True
-    return total is not None and total < 0
+    """Typed a credit note ("credit_note", "Credit Note", "381", ...: :mod:`invoiceflow.document_types`), or an
+    invoice with a negative total."""
+    return printed_document_type(printed_type) == CREDIT_NOTE or (total is not None and total < 0)
 
 
 def _negated(value: float | None) -> float | None:

@@ -44,6 +44,7 @@ from uuid import UUID
 
 import httpx
 
+from invoiceflow.document_types import CREDIT_NOTE, DOCUMENT_TYPES, INVOICE, printed_document_type
 from invoiceflow.tls import shared_ssl_context
 
 logger = logging.getLogger("invoiceflow.erp")
@@ -343,17 +344,6 @@ def bill_lines(bill: Mapping[str, Any]) -> list[BillLine]:
     return [BillLine(f"Invoice {number}".strip(), Decimal(1), net, net)]
 
 
-INVOICE = "invoice"
-CREDIT_NOTE = "credit_note"
-DOCUMENT_TYPES = (INVOICE, CREDIT_NOTE)
-# Spellings of the two document types once case, spaces, "-" and "_" are dropped (UNTDID 1001 codes included).
-_CREDIT_NOTE_NAMES = frozenset(
-    {"creditnote", "credit", "creditmemo", "vendorcredit", "accpaycredit", "81", "83", "261", "262", "296", "308",
-     "381", "396", "420", "458", "532"}
-)  # fmt: skip
-_INVOICE_NAMES = frozenset({"invoice", "bill", "accpay", "380"})
-
-
 def document_type(bill: Mapping[str, Any]) -> str:
     """``invoice`` or ``credit_note`` for a bill payload; raises ``ValueError`` for a type no connector knows.
 
@@ -364,11 +354,8 @@ def document_type(bill: Mapping[str, Any]) -> str:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         total = to_decimal(bill.get("total_amount"))
         return CREDIT_NOTE if total is not None and total < 0 else INVOICE
-    key = re.sub(r"[\s_-]+", "", str(raw)).casefold()
-    if key in _CREDIT_NOTE_NAMES:
-        return CREDIT_NOTE
-    if key in _INVOICE_NAMES:
-        return INVOICE
+    if found := printed_document_type(raw):
+        return found
     raise ValueError(f"unknown document_type {raw!r}: expected one of {', '.join(DOCUMENT_TYPES)}")
 
 

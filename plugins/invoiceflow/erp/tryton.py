@@ -34,6 +34,7 @@ import httpx
 
 from invoiceflow.erp.base import (
     CREDIT_NOTE,
+    INVOICE,
     BillLine,
     BillOutcome,
     ErpAuthError,
@@ -382,7 +383,7 @@ class TrytonConnector:
             "invoice_number": row.get("reference"),
             "reference": description[len(MARKER_PREFIX) :] if description.startswith(MARKER_PREFIX) else None,
             "document_type": (
-                CREDIT_NOTE if (to_decimal(_plain(row.get("total_amount"))) or Decimal(0)) < 0 else "invoice"
+                CREDIT_NOTE if (to_decimal(_plain(row.get("total_amount"))) or Decimal(0)) < 0 else INVOICE
             ),
             "total_amount": _plain(row.get("total_amount")),
             "invoice_date": _plain(row.get("invoice_date")),

@@ -11,24 +11,12 @@ from typing import Any
 
 from lxml import etree
 
+from invoiceflow.document_types import CREDIT_NOTE, INVOICE, type_for_code
+
 from .sniff import xml_root_kind
 from .values import parse_date
 
 log = logging.getLogger(__name__)
-
-#: UNTDID 1001 document type codes that EN 16931 (and Factur-X/ZUGFeRD, XRechnung, Peppol) use for credit notes:
-#: 81/83 credit note for goods or services / financial adjustments, 261 self-billed, 262 consolidated,
-#: 296 price variation, 308 delcredere, 381 credit note, 396 factored, 420 OCR payment, 458 reversal of debit,
-#: 532 forwarder's credit note. Everything else (380 commercial invoice, 384 corrected invoice, 389 self-billed
-#: invoice, 751, ...) is an invoice.
-CREDIT_NOTE_TYPE_CODES = frozenset(
-    {"81", "83", "261", "262", "296", "308", "381", "396", "420", "458", "532"}
-)
-
-
-def document_type_for_code(code: str | None) -> str:
-    """``credit_note`` for an EN 16931 credit-note type code, else ``invoice`` (also when the code is missing)."""
-    return "credit_note" if (code or "").strip() in CREDIT_NOTE_TYPE_CODES else "invoice"
 
 
 def embedded_xml(pdf_bytes: bytes) -> bytes | None:
@@ -146,7 +134,7 @@ def parse_cii(root: etree._Element) -> tuple[dict[str, Any], list[dict[str, Any]
     )
     values = {
         # The type code carries the sign: a credit note (381, ...) prints positive amounts, as it is reported here.
-        "document_type": document_type_for_code(_text(doc, "TypeCode")),
+        "document_type": type_for_code(_text(doc, "TypeCode")),
         "invoice_number": _text(doc, "ID"),
         "vendor_name": _text(agreement, "SellerTradeParty/Name"),
         "invoice_date": _date(doc, "IssueDateTime"),
@@ -188,7 +176,7 @@ def parse_ubl(root: etree._Element) -> tuple[dict[str, Any], list[dict[str, Any]
     """Map a UBL 2.1 Invoice or CreditNote to schema field names."""
     credit = etree.QName(root).localname == "CreditNote"
     type_code = _text(root, "CreditNoteTypeCode") or _text(root, "InvoiceTypeCode")
-    is_credit_note = credit or document_type_for_code(type_code) == "credit_note"
+    is_credit_note = credit or type_for_code(type_code) == CREDIT_NOTE
     currency = _text(root, "DocumentCurrencyCode")
     totals = _first(root, "LegalMonetaryTotal")
     tax_totals = _path(root, "TaxTotal/TaxAmount")
@@ -196,7 +184,7 @@ def parse_ubl(root: etree._Element) -> tuple[dict[str, Any], list[dict[str, Any]
     vendor = _text(seller, "PartyLegalEntity/RegistrationName") or _text(seller, "PartyName/Name")
     due = _text(root, "DueDate") or _text(root, "PaymentMeans/PaymentDueDate")
     values = {
-        "document_type": "credit_note" if is_credit_note else "invoice",
+        "document_type": CREDIT_NOTE if is_credit_note else INVOICE,
         "invoice_number": _text(root, "ID"),
         "vendor_name": vendor,
         "invoice_date": parse_date(_text(root, "IssueDate") or ""),
