@@ -188,7 +188,7 @@ def correct(engine: Engine, ident: str, changes: dict[str, Any], by: str, commen
         if conn.dialect.name == "postgresql":
             # Serialise with loads (and other corrections), as loads do among themselves: the duplicate check below
             # then sees every committed invoice, and none can take this vendor and number before this commits.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": warehouse._LOAD_LOCK})
+            warehouse.lock_loads(conn)
         sha = resolve(conn, ident)
         row = _pending_row(conn, sha)
         current = {k: _plain(row.get(k)) for k in HEADER_COLUMNS}
@@ -216,24 +216,7 @@ def correct(engine: Engine, ident: str, changes: dict[str, Any], by: str, commen
             },
         )
         conn.execute(sa.text("DELETE FROM validation_issues WHERE document_sha256 = :s"), {"s": sha})
-        if checked.issues:
-            now = datetime.now(UTC)
-            conn.execute(
-                sa.text(
-                    "INSERT INTO validation_issues (document_sha256, code, message, severity, detected_at) "
-                    "VALUES (:s, :code, :message, :severity, :at)"
-                ),
-                [
-                    {
-                        "s": sha,
-                        "code": i["code"],
-                        "message": i["message"],
-                        "severity": i.get("severity") or "review",
-                        "at": now,
-                    }
-                    for i in checked.issues
-                ],
-            )
+        warehouse.insert_issues(conn, [checked])
         _record(conn, sha, version, "corrected", by, diff, checked.header, comment)
         return version
 

@@ -669,6 +669,25 @@ def _issue_rows(invoices: Iterable[ValidatedInvoice]) -> list[tuple[str, str, st
     ]
 
 
+def insert_issues(conn: Connection, invoices: Iterable[ValidatedInvoice]) -> None:
+    """The ``validation_issues`` rows of these invoices, detected now (row by row: the SQLite load and review's
+    corrections; the PostgreSQL load ``COPY``s them)."""
+    if issue_rows := _issue_rows(invoices):
+        conn.execute(
+            sa.text(
+                "INSERT INTO validation_issues (document_sha256, code, message, severity, detected_at) "
+                "VALUES (:sha, :code, :message, :severity, CURRENT_TIMESTAMP)"
+            ),
+            [dict(zip(("sha", "code", "message", "severity"), r, strict=True)) for r in issue_rows],
+        )
+
+
+def lock_loads(conn: Connection) -> None:
+    """PostgreSQL: take the transaction-scoped lock that serialises loads (and review's corrections), so each one's
+    duplicate check sees every committed invoice and none takes a vendor + number before the other commits."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOAD_LOCK})
+
+
 @contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector, restoring its state after (validation and the load use it).
@@ -702,7 +721,7 @@ def load_batch(engine: Engine, batch_id: str, invoices: Sequence[ValidatedInvoic
     postgres = engine.dialect.name == "postgresql"
     with cyclic_gc_paused(), engine.begin() as conn:
         if postgres:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOAD_LOCK})
+            lock_loads(conn)
             # reload merges sort in memory, not on disk; no JIT: the estimates of freshly loaded, not yet analysed
             # tables are wild and made every statement pay ~0.2 s of compiling (the statements are index-driven)
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
@@ -813,14 +832,7 @@ def _load_sqlite(
     _stage(conn, batch_id, invoices, postgres=False)
     invoices, reloaded = _guard_against_warehouse(conn, batch_id, invoices)
     line_count = _merge_staged(conn, params, reloaded)
-    if issue_rows := _issue_rows(invoices):
-        conn.execute(
-            sa.text(
-                "INSERT INTO validation_issues (document_sha256, code, message, severity, detected_at) "
-                "VALUES (:sha, :code, :message, :severity, CURRENT_TIMESTAMP)"
-            ),
-            [dict(zip(("sha", "code", "message", "severity"), r, strict=True)) for r in issue_rows],
-        )
+    insert_issues(conn, invoices)
     for inv in invoices:
         set_document_status(conn, inv.document_sha256, LOADED if not inv.issues else NEEDS_REVIEW)
     outbox = sum(_enqueue_outbox(conn, inv) for inv in invoices if inv.review_status == AUTO_APPROVED)
