@@ -109,7 +109,8 @@ def test_views_expose_no_payload_columns(loaded: str) -> None:
 
 
 def test_byte_order_migration_keeps_rows_views_and_grants(postgres_url: str, tmp_path: Path) -> None:
-    """0042 drops the views over the key columns: upgrading a loaded warehouse brings every view and grant back."""
+    """0042 drops the views over the key and amount columns: upgrading a loaded warehouse brings every view and
+    grant back."""
     engine = warehouse.engine_for(postgres_url)
     migrations = Path(__file__).parents[1] / "sql" / "migrations"
     before = tmp_path / "migrations"
@@ -131,7 +132,7 @@ def test_byte_order_migration_keeps_rows_views_and_grants(postgres_url: str, tmp
     merged |= {"subtotal": 10.0, "tax_amount": 1.9, "total_amount": 11.9, "line_items": []}
     warehouse.load_batch(engine, "b", validation.validate({sha: merged}, engine=engine))
 
-    assert "0042_byte_order_keys.postgres.sql" in warehouse.upgrade(engine)
+    assert "0042_exact_keys_and_amounts.postgres.sql" in warehouse.upgrade(engine)
     with engine.connect() as conn:
         collations = dict(
             conn.exec_driver_sql(
