@@ -140,12 +140,7 @@ def _run(args, engine, schema, pd, sa, validation, vendors, warehouse) -> int:
     # objects, and the pass over them would otherwise land in whichever section allocates next.
     gc.collect()
     t0 = time.perf_counter()
-    loaded = {"invoices": 0, "line_items": 0, "outbox": 0}
-    for start in range(0, len(validated), args.batch_size):
-        chunk = validated[start : start + args.batch_size]
-        result = warehouse.load_batch(engine, f"bench-{start}", chunk)
-        for key in loaded:
-            loaded[key] += result[key]
+    loaded = _load_in_batches(warehouse, engine, validated, args.batch_size, "bench")
     pipeline_s = time.perf_counter() - t0
     rows_per_s = line_rows / pipeline_s
     print(f"pipeline load_batch: {pipeline_s:.2f}s {loaded} -> {rows_per_s:,.0f} line rows/s", flush=True)
@@ -209,8 +204,7 @@ def _run(args, engine, schema, pd, sa, validation, vendors, warehouse) -> int:
 
     gc.collect()
     t0 = time.perf_counter()
-    for start in range(0, len(validated), args.batch_size):
-        warehouse.load_batch(engine, f"bench-reload-{start}", validated[start : start + args.batch_size])
+    _load_in_batches(warehouse, engine, validated, args.batch_size, "bench-reload")
     reload_s = time.perf_counter() - t0
     print(
         f"pipeline reload (staging + INSERT … ON CONFLICT merges): {reload_s:.2f}s -> "
@@ -238,3 +232,13 @@ def _run(args, engine, schema, pd, sa, validation, vendors, warehouse) -> int:
         }
     )
     return 0
+
+
+def _load_in_batches(warehouse, engine, validated, batch_size: int, prefix: str) -> dict[str, int]:
+    """``load_batch`` over ``validated`` in batches, as the ingest DAG's mapped tasks do; the summed counts."""
+    loaded = {"invoices": 0, "line_items": 0, "outbox": 0}
+    for start in range(0, len(validated), batch_size):
+        result = warehouse.load_batch(engine, f"{prefix}-{start}", validated[start : start + batch_size])
+        for key in loaded:
+            loaded[key] += result[key]
+    return loaded
