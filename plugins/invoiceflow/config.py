@@ -52,3 +52,8 @@ def batch_size() -> int:
 def erp_batch_size() -> int:
     """Bills per ERP request (Xero accepts at most 50)."""
     return int(os.environ.get("INVOICEFLOW_ERP_BATCH_SIZE", "50"))
+
+
+def totals_tolerance() -> float:
+    """Absolute tolerance of the arithmetic checks (validation and the quality checkpoint), in currency units."""
+    return float(os.environ.get("INVOICEFLOW_TOTALS_TOLERANCE", "0.02"))

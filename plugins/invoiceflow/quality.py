@@ -60,17 +60,12 @@ def data_docs_dir() -> Path:
     return Path(os.environ.get("INVOICEFLOW_DATA_DOCS_DIR", config.state_dir() / "data_docs")).resolve()
 
 
-def totals_tolerance() -> float:
-    """The same tolerance as :func:`invoiceflow.validation.tolerance` (not imported: pandera takes 2 s to load)."""
-    return float(os.environ.get("INVOICEFLOW_TOTALS_TOLERANCE", "0.02"))
-
-
 def expectations(tolerance: float | None = None) -> dict[str, list[Any]]:
     """The expectations per validation definition (see :data:`TABLES`)."""
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    tol = repr(float(totals_tolerance() if tolerance is None else tolerance))
+    tol = repr(float(config.totals_tolerance() if tolerance is None else tolerance))
     live = Column("duplicate_of").is_null() & (Column("review_status") != "rejected")
     return {
         "invoices": [
@@ -239,4 +234,4 @@ def run_checkpoint(engine: Engine, docs_dir: Path | None = None) -> dict[str, An
     return summary
 
 
-__all__ = ["QualityCheckFailed", "data_docs_dir", "expectations", "run_checkpoint", "totals_tolerance"]
+__all__ = ["QualityCheckFailed", "data_docs_dir", "expectations", "run_checkpoint"]

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from pandera.typing import Series
 from sqlalchemy.engine import Engine
 
+from invoiceflow import config
 from invoiceflow.document_types import CREDIT_NOTE, printed_document_type
 from invoiceflow.extraction.values import CURRENCY_SYMBOLS, parse_amount, parse_date, parse_number
 from invoiceflow.vendors import VendorMaster, load_master, name_key
@@ -131,7 +132,7 @@ def minor_units(currency: str | None) -> int:
 
 def tolerance() -> float:
     """Absolute tolerance for the arithmetic checks, in currency units."""
-    return float(os.environ.get("INVOICEFLOW_TOTALS_TOLERANCE", "0.02"))
+    return config.totals_tolerance()
 
 
 def future_days() -> int:
